@@ -1,0 +1,56 @@
+"""Tether's framework-neutral core: policy, decisions, sessions, approvals and the audit.
+
+from tether.core import Guard
+
+guard = Guard("policy.yaml")
+session = guard.session(agent="support-bot", session_id="ticket-42")
+decision = session.before_tool("send_email", {"to": "bob@example.com"})
+if decision.needs_approval:
+    decision = session.resolve(decision)
+if decision.allowed:
+    result = send_email(**decision.args)
+    session.after_tool(decision, result)
+else:
+    print(decision.refusal())
+"""
+
+from .approvals import ApprovalAnswer, ApprovalRequest, Approver, ConsoleApprover
+from .audit import AuditEvent, AuditStore
+from .decision import Decision, Enforcement, ToolCall
+from .errors import PolicyError, PolicyIssue, StoreError, TetherError, ToolDenied, UnsupportedValueError
+from .guard import Guard, Session
+from .policy import CompiledPolicy, Effect, Mode, Policy, Trust, Verdict, compile_policy, parse_policy, read_policy
+
+
+def load_policy(source: object) -> CompiledPolicy:
+    """Read, validate and compile a policy (a YAML path, a mapping or a :class:`Policy`)."""
+    return compile_policy(*read_policy(source))  # type: ignore[arg-type]
+
+
+__all__ = [
+    "ApprovalAnswer",
+    "ApprovalRequest",
+    "Approver",
+    "AuditEvent",
+    "AuditStore",
+    "CompiledPolicy",
+    "ConsoleApprover",
+    "Decision",
+    "Effect",
+    "Enforcement",
+    "Guard",
+    "Mode",
+    "Policy",
+    "PolicyError",
+    "PolicyIssue",
+    "Session",
+    "StoreError",
+    "TetherError",
+    "ToolCall",
+    "ToolDenied",
+    "Trust",
+    "UnsupportedValueError",
+    "Verdict",
+    "load_policy",
+    "parse_policy",
+]

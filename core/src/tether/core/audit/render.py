@@ -1,0 +1,71 @@
+"""Audit events as lines a person reads (``tether audit tail``, ``show``, the demo)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from .events import AuditEvent, Kind
+
+_WIDTH = 110
+
+
+def _compact(value: Any, width: int = 70) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def when(event: AuditEvent) -> str:
+    stamp = dt.datetime.fromtimestamp(event.ts_us / 1e6, dt.timezone.utc).astimezone()
+    return stamp.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def summary(event: AuditEvent) -> str:
+    """What the event says, in one line."""
+    d = event.details
+    if event.kind == Kind.TOOL_DECISION:
+        verdict = (event.verdict or "?").upper()
+        if d.get("enforcement") == "monitored":
+            verdict += " (monitor: not enforced)"
+        return (
+            f"{verdict:<5} {event.tool}({_compact(d.get('args', {}), 60)})  "
+            f"{d.get('reason', '')} [{', '.join(d.get('rule_ids', []))}]"
+        )
+    if event.kind == Kind.APPROVAL:
+        verb = "APPROVED" if event.verdict == "allow" else "DENIED"
+        return f"{verb} {event.tool}: {d.get('reason', '')}"
+    if event.kind == Kind.TOOL_RESULT:
+        status = f"error: {_compact(d['error'])}" if d.get("error") else _compact(d.get("output"))
+        trust = " (untrusted)" if d.get("untrusted") else ""
+        return f"result of {event.tool}{trust}: {status}"
+    if event.kind == Kind.MODEL_REQUEST:
+        return f"model request{' to ' + d['model'] if d.get('model') else ''}: {_compact(d.get('messages'))}"
+    if event.kind == Kind.MODEL_RESPONSE:
+        calls = ", ".join(str(c.get("name")) for c in d.get("tool_calls", []))
+        return f"model response: {_compact(d.get('response'), 50)}" + (f"  proposes: {calls}" if calls else "")
+    if event.kind == Kind.SESSION:
+        who = f" user={event.user_id}" if event.user_id else ""
+        who += f" tenant={event.tenant}" if event.tenant else ""
+        return f"session started ({d.get('mode')} mode, policy {str(d.get('policy'))[:12]}){who}"
+    return _compact(d)
+
+
+def tail_line(event: AuditEvent) -> str:
+    return _clip(f"{when(event)}  {event.session_id} #{event.seq}  {event.agent or '-'}  {summary(event)}")
+
+
+def session_lines(events: Iterable[AuditEvent]) -> list[str]:
+    """One session's events, each indented under the event that caused it (the decision chain)."""
+    depth: dict[str, int] = {}
+    lines = []
+    for event in events:
+        level = depth[event.parent_id] + 1 if event.parent_id in depth else 0
+        depth[event.event_id] = level
+        lines.append(_clip(f"#{event.seq:<3} {event.agent or '-':<14} {'  ' * level}{summary(event)}"))
+    return lines
+
+
+def _clip(line: str) -> str:
+    return line if len(line) <= _WIDTH * 2 else line[: _WIDTH * 2 - 1] + "…"

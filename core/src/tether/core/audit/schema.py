@@ -1,0 +1,42 @@
+"""The audit store's tables. Changes go through a migration in ``migrations/versions``."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, UniqueConstraint
+
+#: The newest migration; a store at this revision needs no upgrade.
+SCHEMA_REVISION = "0001"
+VERSION_TABLE = "tether_alembic_version"
+
+metadata = MetaData()
+
+events = Table(
+    "tether_audit_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("event_id", String(32), nullable=False),
+    Column("ts_us", BigInteger, nullable=False),
+    Column("session_id", String(255), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("agent", String(255)),
+    Column("user_id", String(255)),
+    Column("tenant", String(255)),
+    Column("tool", String(255)),
+    Column("parent_id", String(32)),
+    Column("verdict", String(16)),
+    Column("data", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("log_prev", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    # The only index: every index costs each durable write a B-tree update, and reads go by
+    # session (show, replay) or by row order (tail, verify, export).
+    UniqueConstraint("session_id", "seq", name="uq_tether_audit_session_seq"),
+)
+
+meta = Table(
+    "tether_meta",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)

@@ -1,0 +1,426 @@
+"""The audit store: SQLite by default, PostgreSQL by URL, written through SQLAlchemy.
+
+Writes are the hot path: each tool decision must be durable before the tool runs. They use one
+dedicated DB-API connection and group commit: concurrent callers queue their events, one of
+them writes the whole queue in one transaction, and every caller returns only once its events
+are committed. Reads (CLI, verify, export) use SQLAlchemy Core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from ..errors import StoreError
+from ..keys import key_id, load_key
+from .chain import GENESIS, HASH_FORMAT, event_hash
+from .events import AuditEvent, NewEvent
+from .schema import SCHEMA_REVISION, VERSION_TABLE, events, meta
+
+STORE_ENV = "TETHER_STORE"
+DEFAULT_PATH = Path(".tether") / "tether.db"
+_PG_LOCK = 0x7E7E_0001  # advisory lock serialising writers of the log chain across processes
+_COLUMNS = (
+    "event_id",
+    "ts_us",
+    "session_id",
+    "seq",
+    "kind",
+    "agent",
+    "user_id",
+    "tenant",
+    "tool",
+    "parent_id",
+    "verdict",
+    "data",
+    "prev_hash",
+    "log_prev",
+    "hash",
+)
+
+
+def default_store_url() -> str:
+    """``TETHER_STORE`` if set, else a SQLite file in ``.tether/`` under the working directory."""
+    return os.environ.get(STORE_ENV) or f"sqlite:///{DEFAULT_PATH.resolve()}"
+
+
+def _engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers (the CLI) never block the writer
+        cursor.execute("PRAGMA synchronous=NORMAL")  # durable once committed, as long as the OS is up
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return engine
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the store's tables to the current schema (a no-op once there)."""
+    if _revision(engine) == SCHEMA_REVISION:
+        return
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except sa.exc.SQLAlchemyError:
+        if _revision(engine) != SCHEMA_REVISION:  # not merely another process upgrading first
+            raise
+
+
+def _revision(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as connection:
+            return connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+    except sa.exc.SQLAlchemyError:
+        return None
+
+
+class _Ticket:
+    """One caller's events in the queue, and the lock it sleeps on until they are written."""
+
+    __slots__ = ("error", "events", "lead", "wake")
+
+    def __init__(self, events: Sequence[NewEvent]) -> None:
+        self.events = events
+        self.lead = False  # this caller writes the next batch
+        self.error: BaseException | None = None
+        self.wake = threading.Lock()
+        self.wake.acquire()  # released when the events are written, or when it is this caller's turn to lead
+
+
+class _GroupCommit:
+    """Group commit with a leader: a caller that finds no write in progress writes everyone's
+    queued events in one transaction, then wakes exactly the callers it wrote for and hands the
+    lead to the first caller still waiting. Waking no one else keeps the GIL free for the writer.
+    """
+
+    def __init__(self, write: Any) -> None:
+        self._write = write
+        self._lock = threading.Lock()
+        self._queue: list[_Ticket] = []
+        self._leading = False
+
+    def submit(self, batch: Sequence[NewEvent]) -> None:
+        ticket = _Ticket(batch)
+        with self._lock:
+            self._queue.append(ticket)
+            if not self._leading:
+                self._leading = ticket.lead = True
+        if not ticket.lead:
+            ticket.wake.acquire()
+        if ticket.lead:
+            self._lead()
+        if ticket.error is not None:
+            raise StoreError(f"audit write failed: {ticket.error}") from ticket.error
+
+    def _lead(self) -> None:
+        with self._lock:
+            tickets, self._queue = self._queue, []
+        error: BaseException | None = None
+        try:
+            self._write([event for t in tickets for event in t.events])
+        except BaseException as exc:  # noqa: BLE001 - every waiter must learn its events were not written
+            error = exc
+        with self._lock:
+            successor = self._queue[0] if self._queue else None
+            if successor is None:
+                self._leading = False
+        for t in tickets:
+            t.error, t.lead = error, False
+            if t.wake.locked():
+                t.wake.release()
+        if successor is not None:
+            successor.lead = True
+            successor.wake.release()
+
+
+class _Writer:
+    """Appends events in one transaction per batch, extending both hash chains.
+
+    The chains' heads (the newest hash of the log and of each session) are cached between
+    batches. On SQLite the cache is trusted only while ``PRAGMA data_version`` shows no other
+    connection has committed since; otherwise, and always on PostgreSQL, heads are read inside
+    the write transaction, which holds the lock that serialises writers.
+    """
+
+    _MAX_CACHED_SESSIONS = 10_000
+
+    def __init__(self, engine: Engine, key: bytes) -> None:
+        self._engine = engine
+        self._key = key
+        self._sqlite = engine.dialect.name == "sqlite"
+        mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        table = events.name
+        self._insert = f"INSERT INTO {table} ({', '.join(_COLUMNS)}) VALUES ({', '.join([mark] * len(_COLUMNS))})"
+        self._log_head = f"SELECT hash FROM {table} ORDER BY id DESC LIMIT 1"
+        self._session_head = f"SELECT seq, hash FROM {table} WHERE session_id = {mark} ORDER BY seq DESC LIMIT 1"
+        self._connection: Any = None
+        self._log_prev: str | None = None
+        self._heads: dict[str, tuple[int, str]] = {}
+        self._data_version: int | None = None
+        self.commits = 0  # for the checkpointer: has anything been written since it last ran
+
+    def _connect(self) -> Any:
+        if self._connection is None:
+            self._connection = self._engine.raw_connection()
+            if self._sqlite:
+                driver = self._connection.driver_connection
+                driver.isolation_level = None  # we issue BEGIN ourselves
+                driver.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run off the hot path
+        return self._connection
+
+    def _begin(self, cursor: Any) -> None:
+        """Take the write lock, and forget cached heads another writer may have moved."""
+        if self._sqlite:
+            cursor.execute("BEGIN IMMEDIATE")
+            version = cursor.execute("PRAGMA data_version").fetchone()[0]
+            fresh = version == self._data_version
+            self._data_version = version
+        else:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK,))
+            fresh = False
+        if not fresh or len(self._heads) > self._MAX_CACHED_SESSIONS:
+            self._heads.clear()
+            self._log_prev = None
+
+    def write(self, batch: list[NewEvent]) -> None:
+        connection = self._connect()
+        cursor = connection.cursor()
+        try:
+            self._begin(cursor)
+            if self._log_prev is None:
+                cursor.execute(self._log_head)
+                row = cursor.fetchone()
+                self._log_prev = row[0] if row else GENESIS
+            log_prev = self._log_prev
+            heads = self._heads
+            rows = []
+            for e in batch:
+                if e.session_id not in heads:
+                    cursor.execute(self._session_head, (e.session_id,))
+                    found = cursor.fetchone()
+                    heads[e.session_id] = (found[0], found[1]) if found else (-1, GENESIS)
+                seq, prev_hash = heads[e.session_id]
+                seq += 1
+                digest = event_hash(self._key, e, seq, prev_hash, log_prev)
+                rows.append((e.event_id, e.ts_us, e.session_id, seq, e.kind, e.agent, e.user_id, e.tenant, e.tool,
+                             e.parent_id, e.verdict, e.data, prev_hash, log_prev, digest))  # fmt: skip
+                heads[e.session_id] = (seq, digest)
+                log_prev = digest
+            if len(rows) == 1:  # the common case; executemany costs more for one row
+                cursor.execute(self._insert, rows[0])
+            else:
+                cursor.executemany(self._insert, rows)
+            if self._sqlite:
+                cursor.execute("COMMIT")
+            else:
+                connection.commit()
+            self._log_prev = log_prev
+            self.commits += 1
+        except BaseException:
+            self._abandon(connection)
+            raise
+        finally:
+            with contextlib.suppress(Exception):  # the connection may already be gone
+                cursor.close()
+
+    def _abandon(self, connection: Any) -> None:
+        """Roll back; drop the connection so the next write starts on a fresh one."""
+        with contextlib.suppress(Exception):
+            if not self._sqlite:
+                connection.rollback()
+            elif connection.driver_connection.in_transaction:
+                connection.driver_connection.execute("ROLLBACK")
+        with contextlib.suppress(Exception):
+            connection.invalidate()
+        self._connection = None
+        self._heads.clear()
+        self._log_prev = None
+        self._data_version = None
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+class _Checkpointer(threading.Thread):
+    """Copies SQLite's write-ahead log into the database in the background.
+
+    SQLite would otherwise do this inside whichever commit crosses its threshold, adding a
+    stall to that tool call. A passive checkpoint never blocks readers or the writer.
+    """
+
+    def __init__(self, path: str, writer: _Writer, interval: float = 1.0) -> None:
+        super().__init__(name="tether-checkpoint", daemon=True)
+        self._path, self._writer, self._interval = path, writer, interval
+        self._stop = threading.Event()
+        self._seen = 0
+
+    def run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        if self._writer.commits == self._seen:
+            return
+        self._seen = self._writer.commits
+        with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(self._path, timeout=1)) as db:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.checkpoint()
+
+
+@dataclass
+class SessionSummary:
+    session_id: str
+    agents: list[str] = field(default_factory=list)
+    events: int = 0
+    first_us: int = 0
+    last_us: int = 0
+
+
+class AuditStore:
+    """Where audit events live. ``url`` is a SQLAlchemy URL; the default is a local SQLite file."""
+
+    def __init__(self, url: str | None = None, *, key: bytes | None = None, create: bool = True) -> None:
+        """Open (and with ``create``, make) the store at ``url``."""
+        self.url = url or default_store_url()
+        if not create and self._missing():
+            raise StoreError(
+                f"no audit store at {self.location}: run an agent under Tether (or `tether demo`) "
+                "first, or point --store / TETHER_STORE at the store"
+            )
+        try:
+            self.engine = _engine(self.url)
+            upgrade(self.engine)
+            self.key = key if key is not None else load_key(self._key_file(), create=create)
+            self._check_meta()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the audit store {self.location}: {exc}") from exc
+        self._writer = _Writer(self.engine, self.key)
+        self._commit = _GroupCommit(self._writer.write)
+        self._checkpointer: _Checkpointer | None = None
+        database = make_url(self.url).database
+        if self.engine.dialect.name == "sqlite" and database and database != ":memory:":
+            self._checkpointer = _Checkpointer(database, self._writer)
+            self._checkpointer.start()
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for people: a file path, or the URL without its password."""
+        parsed = make_url(self.url)
+        if parsed.get_backend_name() == "sqlite":
+            return str(Path(parsed.database or ":memory:").resolve()) if parsed.database else ":memory:"
+        return parsed.render_as_string(hide_password=True)
+
+    def _missing(self) -> bool:
+        parsed = make_url(self.url)
+        database = parsed.database
+        return (
+            parsed.get_backend_name() == "sqlite"
+            and bool(database)
+            and database != ":memory:"
+            and not Path(database or "").exists()
+        )
+
+    def _key_file(self) -> Path:
+        parsed = make_url(self.url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+            return Path(parsed.database + ".key")
+        return DEFAULT_PATH.parent / "key"
+
+    def _check_meta(self) -> None:
+        """Refuse a store written with another key, or with a hash format this version does not know."""
+        expected = {"key_id": key_id(self.key), "hash_format": HASH_FORMAT}
+        with self.engine.begin() as connection:
+            stored = {name: value for name, value in connection.execute(sa.select(meta.c.name, meta.c.value))}
+            missing = [{"name": n, "value": v} for n, v in expected.items() if n not in stored]
+            if missing:
+                connection.execute(meta.insert(), missing)
+        if stored.get("hash_format", HASH_FORMAT) != HASH_FORMAT:
+            raise StoreError(
+                f"the audit store {self.location} uses hash format {stored['hash_format']}; this version of "
+                f"Tether writes and verifies format {HASH_FORMAT}"
+            )
+        if stored.get("key_id", expected["key_id"]) != expected["key_id"]:
+            raise StoreError(
+                f"the audit store {self.location} was written with another key (key id {stored['key_id']}, "
+                f"this process has {expected['key_id']}); set TETHER_KEY to the key it was created with"
+            )
+
+    def append(self, batch: Sequence[NewEvent]) -> None:
+        """Write ``batch``; return once it is committed. Raise :class:`StoreError` if it is not."""
+        self._commit.submit(batch)
+
+    def session_events(self, session_id: str) -> list[AuditEvent]:
+        query = sa.select(events).where(events.c.session_id == session_id).order_by(events.c.seq)
+        return list(self._read(query))
+
+    def events(
+        self, *, session_id: str | None = None, after_id: int | None = None, last: int | None = None
+    ) -> Iterator[AuditEvent]:
+        """Events oldest first, optionally one session's, after a row id, or only the ``last`` n."""
+        query = sa.select(events)
+        if session_id is not None:
+            query = query.where(events.c.session_id == session_id)
+        if after_id is not None:
+            query = query.where(events.c.id > after_id)
+        if last is not None:
+            newest = query.order_by(events.c.id.desc()).limit(last).subquery()
+            query = sa.select(newest).order_by(newest.c.id)
+        else:
+            query = query.order_by(events.c.id)
+        return self._read(query)
+
+    def event(self, event_id: str) -> AuditEvent | None:
+        return next(self._read(sa.select(events).where(events.c.event_id == event_id)), None)
+
+    def tool_usage(self) -> list[tuple[str, str, str | None, int]]:
+        """(agent, tool, verdict, count) over every tool decision in the store."""
+        query = (
+            sa.select(events.c.agent, events.c.tool, events.c.verdict, sa.func.count())
+            .where(events.c.kind == "tool.decision")
+            .group_by(events.c.agent, events.c.tool, events.c.verdict)
+        )
+        with self.engine.connect() as connection:
+            return [(a, t, v, n) for a, t, v, n in connection.execute(query)]
+
+    def _read(self, query: Any) -> Iterator[AuditEvent]:
+        try:
+            with self.engine.connect() as connection:
+                for row in connection.execution_options(yield_per=1000).execute(query):
+                    yield AuditEvent(**row._mapping)
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the audit store {self.location}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+        self._writer.close()
+        self.engine.dispose()

@@ -1,0 +1,176 @@
+"""The ``tether`` command: check policies, list agents, read and verify the audit, run the demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .audit import AuditStore, verify
+from .audit.render import session_lines, tail_line
+from .errors import PolicyError, TetherError
+from .inventory import inventory
+from .policy import compile_policy, read_policy
+
+_STORE = click.option(
+    "--store",
+    envvar="TETHER_STORE",
+    metavar="URL",
+    help="Audit store URL (default: $TETHER_STORE, else .tether/tether.db here).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Tether: runtime security for what AI agents do."""
+
+
+@main.command()
+@click.argument("policies", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+def check(policies: tuple[Path, ...]) -> None:
+    """Validate policy files; print every problem with file, line and key."""
+    failed = False
+    for path in policies:
+        try:
+            compiled = compile_policy(*read_policy(path))
+        except PolicyError as exc:
+            failed = True
+            for issue in exc.issues:
+                click.echo(str(issue), err=True)
+            continue
+        p = compiled.policy
+        click.echo(
+            f"{path}: ok ({len(p.agents)} agents, {len(p.tools)} tools, {len(p.rules)} rules, "
+            f"{p.mode.value} mode, default {p.default})"
+        )
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.option(
+    "--policy",
+    envvar="TETHER_POLICY",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Policy to compare with what the audit saw (default: $TETHER_POLICY).",
+)
+@_STORE
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def agents(policy: Path | None, store: str | None, as_json: bool) -> None:
+    """List agents from the policy and the audit: grants, use, and findings."""
+    spec = read_policy(policy)[0] if policy else None
+    usage = _open(store).tool_usage()
+    records = inventory(spec, usage)
+    if as_json:
+        click.echo(json.dumps([{**r.__dict__, "findings": r.findings} for r in records], indent=2))
+        return
+    if not records:
+        click.echo("no agents: give a policy with --policy, or run an agent under Tether first")
+    for r in records:
+        click.echo(f"{r.name}  ({'in policy' if r.in_policy else 'NOT IN POLICY'})")
+        if r.in_policy:
+            click.echo(f"  owner:   {r.owner}\n  purpose: {r.purpose}")
+            click.echo(f"  granted: {', '.join(r.granted) or '-'}")
+        used = ", ".join(f"{t} ({', '.join(f'{n} {v}' for v, n in sorted(c.items()))})" for t, c in r.used.items())
+        click.echo(f"  used:    {used or '-'}")
+        for finding in r.findings:
+            click.echo(f"  ! {finding}")
+        if r.unused:
+            click.echo(f"  - granted but never used: {', '.join(r.unused)}")
+    if policy is None and records:
+        click.echo("(no --policy given: agents and tools the policy does not know are not flagged)")
+
+
+@main.group()
+def audit() -> None:
+    """Read, verify and export the audit."""
+
+
+@audit.command()
+@_STORE
+@click.option("-n", "--lines", default=20, show_default=True, help="How many recent events to show.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events as they arrive.")
+def tail(store: str | None, lines: int, follow: bool) -> None:
+    """Print the most recent events."""
+    audit_store = _open(store)
+    last_id = 0
+    for event in audit_store.events(last=lines):
+        click.echo(tail_line(event))
+        last_id = event.id
+    while follow:
+        time.sleep(0.5)
+        for event in audit_store.events(after_id=last_id):
+            click.echo(tail_line(event))
+            last_id = event.id
+
+
+@audit.command()
+@click.argument("session_id")
+@_STORE
+def show(session_id: str, store: str | None) -> None:
+    """Print one session's events as a decision chain."""
+    events = _open(store).session_events(session_id)
+    if not events:
+        click.echo(f"no events for session {session_id!r}", err=True)
+        sys.exit(1)
+    for line in session_lines(events):
+        click.echo(line)
+
+
+@audit.command(name="verify")
+@_STORE
+def verify_command(store: str | None) -> None:
+    """Check the hash chains; name every edited, missing or reordered event. Exit 1 if any."""
+    audit_store = _open(store)
+    report = verify(audit_store.key, audit_store.events())
+    for problem in report.problems:
+        click.echo(f"TAMPERED: {problem.message}", err=True)
+    status = "ok" if report.ok else f"FAILED ({len(report.problems)} problems)"
+    click.echo(f"{audit_store.location}: {report.events} events in {report.sessions} sessions: {status}")
+    click.echo(f"head {report.head}  (record it elsewhere to detect a later cut of the newest events)")
+    if not report.ok:
+        sys.exit(1)
+
+
+@audit.command()
+@_STORE
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
+@click.option("--session", "session_id", help="Only this session.")
+@click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-", help="File (default: stdout).")
+def export(store: str | None, fmt: str, session_id: str | None, output: Any) -> None:
+    """Export events, one JSON object per line, with their hashes."""
+    for event in _open(store).events(session_id=session_id):
+        output.write(json.dumps(event.as_dict(), ensure_ascii=False, sort_keys=True) + "\n")
+
+
+@main.command()
+@_STORE
+@click.option("--timeout", type=float, help="Seconds to wait for an approval (default: the demo policy's).")
+@click.option(
+    "--interactive/--no-interactive",
+    default=None,
+    help="Ask for approval at the terminal (default: when stdin is a terminal).",
+)
+def demo(store: str | None, timeout: float | None, interactive: bool | None) -> None:
+    """Run a scripted support agent under Tether: allowed, denied and approval-gated calls."""
+    from .demo import run_demo
+
+    try:
+        run_demo(store, timeout=timeout, interactive=interactive)
+    except TetherError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _open(url: str | None) -> AuditStore:
+    try:
+        return AuditStore(url, create=False)
+    except TetherError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+if __name__ == "__main__":
+    main()

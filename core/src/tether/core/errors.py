@@ -1,0 +1,54 @@
+"""Exceptions raised by Tether. Every one derives from :class:`TetherError`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class TetherError(Exception):
+    """Base class for every error Tether raises."""
+
+
+@dataclass(frozen=True)
+class PolicyIssue:
+    """One problem found in a policy, located as precisely as the source allows."""
+
+    message: str
+    path: str = ""
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file or "<policy>"
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        key = f" {self.path}:" if self.path else ""
+        return f"{where}:{key} {self.message}"
+
+
+class PolicyError(TetherError):
+    """A policy could not be loaded. ``issues`` lists every problem found, not only the first."""
+
+    def __init__(self, issues: list[PolicyIssue]) -> None:
+        self.issues = issues
+        count = f"{len(issues)} problem{'s' if len(issues) != 1 else ''}"
+        super().__init__(f"invalid policy ({count}):\n" + "\n".join(f"  {i}" for i in issues))
+
+
+class StoreError(TetherError):
+    """The audit store could not be opened, written or read."""
+
+
+class UnsupportedValueError(TetherError):
+    """An argument or output holds a value Tether cannot inspect (so it cannot decide on it)."""
+
+
+class ToolDenied(TetherError):
+    """Raised by integrations that signal a refusal with an exception rather than a message."""
+
+    def __init__(self, message: str, *, rule_ids: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.rule_ids = rule_ids

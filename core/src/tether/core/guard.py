@@ -1,0 +1,459 @@
+"""The Guard: one decision point for every action of every agent, whatever its framework."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .approvals import ApprovalAnswer, ApprovalRequest, Approver
+from .audit.events import Kind, NewEvent
+from .audit.store import AuditStore
+from .decision import ERROR_RULE, Decision, Enforcement, Ruling, ToolCall, decide, redact_args
+from .errors import StoreError, TetherError, UnsupportedValueError
+from .policy.compile import CompiledPolicy, compile_policy
+from .policy.loader import read_policy
+from .policy.schema import Mode, Policy, Trust, Verdict
+from .redact import Preview, preview
+from .state import SessionState
+from .values import Plain, canonical_json, clean_str, to_plain
+
+log = logging.getLogger("tether")
+_MAX_SESSIONS = 10_000  # sessions kept in memory; older ones are rebuilt from the audit if they return
+
+
+def _new_id() -> str:
+    return os.urandom(16).hex()  # as unique as a UUID4, without building a UUID object
+
+
+class Guard:
+    """Decides on agents' tool calls under a policy and records everything in the audit store.
+
+    ``policy`` is a YAML file path, a mapping, a :class:`Policy` or a compiled policy. ``store`` is
+    a SQLAlchemy URL or an :class:`AuditStore` (default: ``TETHER_STORE``, else
+    ``.tether/tether.db``). ``mode`` overrides the policy's enforce/monitor mode.
+    """
+
+    def __init__(
+        self,
+        policy: str | os.PathLike[str] | Mapping[str, Any] | Policy | CompiledPolicy,
+        *,
+        store: str | AuditStore | None = None,
+        approver: Approver | None = None,
+        mode: Mode | str | None = None,
+    ) -> None:
+        self.policy = policy if isinstance(policy, CompiledPolicy) else compile_policy(*read_policy(policy))
+        self.mode = Mode(mode) if mode is not None else self.policy.mode
+        self.store = store if isinstance(store, AuditStore) else AuditStore(store)
+        self.approver = approver
+        self._states: OrderedDict[str, SessionState] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def session(
+        self, agent: str, session_id: str | None = None, *, user: str | None = None, tenant: str | None = None
+    ) -> Session:
+        """A handle for ``agent`` acting in session ``session_id`` (a new id when omitted).
+
+        Several agents of one run share a session (and its taint) by passing the same id.
+        """
+        if not agent:
+            raise TetherError("a session needs the name of the agent acting in it")
+        session_id = session_id or _new_id()
+        return Session(self, self._state(session_id), agent, user, tenant)
+
+    def _state(self, session_id: str) -> SessionState:
+        with self._lock:
+            state = self._states.get(session_id)
+            if state is None:
+                state = SessionState(session_id, rate_window=self.policy.rate_window)
+                self._states[session_id] = state
+                if len(self._states) > _MAX_SESSIONS:
+                    self._states.popitem(last=False)
+            else:
+                self._states.move_to_end(session_id)
+            return state
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class Session:
+    """One agent in one session. Thread-safe: parallel tool calls of a session are serialised."""
+
+    def __init__(self, guard: Guard, state: SessionState, agent: str, user: str | None, tenant: str | None) -> None:
+        self.guard = guard
+        self.agent = agent
+        self.user = user
+        self.tenant = tenant
+        self._state = state
+        self._loaded = state.events > 0
+
+    @property
+    def id(self) -> str:
+        return self._state.id
+
+    @property
+    def tainted(self) -> bool:
+        """Whether untrusted content (an untrusted tool's output) has entered this session."""
+        with self._state.lock:
+            self._load()
+            return bool(self._state.tainted_by)
+
+    # -- tools -------------------------------------------------------------------------------
+
+    def before_tool(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        call_id: str | None = None,
+        caused_by: str | None = None,
+    ) -> Decision:
+        """Decide on a call, record the decision durably, and return it. Never raises for a
+        decision: if Tether itself fails, the call is denied (unless in monitor mode)."""
+        call = ToolCall(self.agent, self.id, tool, args if args is not None else {}, call_id, caused_by)
+        try:
+            return self._before_tool(call)
+        except Exception as exc:
+            log.exception("Tether failed while deciding on %s", tool)
+            return self._record_failure(call, f"Tether failed while deciding: {type(exc).__name__}: {exc}")
+
+    def _before_tool(self, call: ToolCall) -> Decision:
+        now = time.time()
+        plain, ruling = self._readable(call.args)
+        with self._state.lock:
+            self._load()
+            if ruling is None:
+                ruling = decide(
+                    self.guard.policy,
+                    self._state,
+                    self.agent,
+                    call.tool,
+                    plain,
+                    user=self.user,
+                    tenant=self.tenant,
+                    now=now,
+                )
+            decision = self._decision(call, ruling)
+            shown = preview(plain, self.guard.store.key)
+            event = self._event(
+                Kind.TOOL_DECISION,
+                now,
+                tool=call.tool,
+                parent=call.caused_by,
+                verdict=ruling.verdict.value,
+                event_id=decision.event_id,
+                details={
+                    "call_id": call.call_id,
+                    "args": shown.value,
+                    "args_fp": shown.fingerprint,
+                    "labels": sorted(shown.labels),
+                    "rule_ids": list(ruling.rule_ids),
+                    "reason": ruling.reason,
+                    "enforcement": decision.enforcement.value,
+                    "allowed": decision.allowed,
+                    "redacted": list(ruling.redact),
+                    "error": ruling.error,
+                },
+            )
+            try:
+                self._write(event)
+            except StoreError as exc:
+                return self._unaudited(decision, exc)
+            if decision.allowed:
+                self._state.record_call(self.agent, call.tool, now)
+        if ruling.error:
+            log.error("Tether denied %s to stay safe: %s", call.tool, ruling.error)
+        return decision
+
+    def _readable(self, args: Mapping[str, Any]) -> tuple[dict[str, Plain], Ruling | None]:
+        """Arguments as plain data, or a denial saying why Tether cannot read them."""
+        try:
+            plain = to_plain(args, "args")
+        except UnsupportedValueError as exc:
+            return {}, Ruling(Verdict.DENY, f"{exc} (denied: unreadable arguments)", (ERROR_RULE,), error=str(exc))
+        if not isinstance(plain, dict):
+            message = f"arguments must be a mapping of names to values, not {type(args).__name__}"
+            return {}, Ruling(Verdict.DENY, message, (ERROR_RULE,), error=message)
+        return plain, None
+
+    def _decision(self, call: ToolCall, ruling: Ruling) -> Decision:
+        monitored = self.guard.mode is Mode.MONITOR
+        args = call.args
+        if ruling.verdict is Verdict.REDACT and not monitored:
+            args = redact_args(call.args, ruling.redact)
+        return Decision(
+            call,
+            ruling.verdict,
+            ruling.reason,
+            ruling.rule_ids,
+            args,
+            Enforcement.MONITORED if monitored else Enforcement.ENFORCED,
+            ruling.error,
+            _new_id(),
+            self.guard.policy.approval_timeout,
+        )
+
+    def _failed(self, call: ToolCall, message: str) -> Decision:
+        monitored = self.guard.mode is Mode.MONITOR
+        return Decision(
+            call,
+            Verdict.DENY,
+            message + ("" if monitored else " (denied to stay safe)"),
+            (ERROR_RULE,),
+            call.args,
+            Enforcement.MONITORED if monitored else Enforcement.ENFORCED,
+            message,
+        )
+
+    def _record_failure(self, call: ToolCall, message: str) -> Decision:
+        """Deny after an internal failure, and record that in the audit if the store still works."""
+        decision = self._failed(call, message)
+        try:
+            with self._state.lock:
+                self._write(
+                    self._event(
+                        Kind.TOOL_DECISION,
+                        time.time(),
+                        tool=call.tool,
+                        parent=call.caused_by,
+                        verdict=Verdict.DENY.value,
+                        details={
+                            "call_id": call.call_id,
+                            "reason": decision.reason,
+                            "rule_ids": [ERROR_RULE],
+                            "allowed": decision.allowed,
+                            "enforcement": decision.enforcement.value,
+                            "error": message,
+                        },
+                    )
+                )
+        except Exception:
+            log.exception("Tether could not audit its own failure")
+        return decision
+
+    def _unaudited(self, decision: Decision, exc: StoreError) -> Decision:
+        """The decision could not be recorded: deny, since an unaudited action must not run."""
+        log.error("Tether could not audit the decision on %s: %s", decision.call.tool, exc)
+        return self._failed(decision.call, f"audit store unavailable: {exc}")
+
+    def resolve(self, decision: Decision, *, approver: Approver | None = None) -> Decision:
+        """Settle a decision that needs approval by asking ``approver`` (default: the guard's).
+
+        Returns the final decision: allowed with the approved (possibly edited and re-checked)
+        arguments, or denied with the reason (refused, timed out, no approver, edits rejected).
+        Decisions that need no approval are returned unchanged.
+        """
+        if not decision.needs_approval:
+            return decision
+        approver = approver or self.guard.approver
+        request = ApprovalRequest(
+            decision.event_id,
+            self.agent,
+            self.id,
+            self.user,
+            self.tenant,
+            decision.call.tool,
+            preview(self._readable(decision.args)[0], self.guard.store.key).value,
+            decision.reason,
+            decision.rule_ids,
+            decision.approval_timeout or self.guard.policy.approval_timeout,
+        )
+        answer: ApprovalAnswer | None = None
+        why = f"no approval within {request.timeout:g}s"
+        if approver is None:
+            why = "approval required but no approver is configured"
+        else:
+            try:
+                answer = approver.request_approval(request)
+            except Exception as exc:
+                log.exception("approver failed")
+                why = f"the approver failed: {type(exc).__name__}: {exc}"
+        try:
+            return self._settle(decision, answer, why)
+        except Exception as exc:
+            log.exception("Tether failed while settling an approval for %s", decision.call.tool)
+            return self._failed(decision.call, f"Tether failed while settling the approval: {exc}")
+
+    def _settle(self, decision: Decision, answer: ApprovalAnswer | None, why: str) -> Decision:
+        now = time.time()
+        call = decision.call
+        args, verdict, reason, rule_ids = decision.args, Verdict.DENY, why, decision.rule_ids
+        edited: Preview | None = None
+        with self._state.lock:
+            self._load()
+            if answer is not None and not answer.approved:
+                reason = f"denied by {answer.approver}" + (f": {answer.comment}" if answer.comment else "")
+            elif answer is not None:
+                verdict, reason = Verdict.ALLOW, f"approved by {answer.approver}"
+                if answer.args is not None:
+                    plain, unreadable = self._readable(answer.args)
+                    edited = preview(plain, self.guard.store.key)
+                    recheck = unreadable or decide(
+                        self.guard.policy,
+                        self._state,
+                        self.agent,
+                        call.tool,
+                        plain,
+                        user=self.user,
+                        tenant=self.tenant,
+                        now=now,
+                    )
+                    if recheck.verdict is Verdict.DENY:
+                        verdict, reason = Verdict.DENY, f"edited arguments rejected: {recheck.reason}"
+                        rule_ids = recheck.rule_ids
+                    else:
+                        args = redact_args(answer.args, recheck.redact) if recheck.redact else answer.args
+            details: dict[str, Any] = {
+                "call_id": call.call_id,
+                "approved": answer.approved if answer else None,
+                "approver": answer.approver if answer else None,
+                "comment": _safe_text(answer.comment, self.guard.store.key) if answer and answer.comment else None,
+                "reason": reason,
+                "rule_ids": list(rule_ids),
+                "edited_args": edited.value if edited else None,
+                "edited_args_fp": edited.fingerprint if edited else None,
+            }
+            event = self._event(
+                Kind.APPROVAL, now, tool=call.tool, parent=decision.event_id, verdict=verdict.value, details=details
+            )
+            final = Decision(
+                call,
+                verdict,
+                reason,
+                rule_ids,
+                args,
+                decision.enforcement,
+                None,
+                event.event_id,
+                decision.approval_timeout,
+                answer.approver if answer and answer.approved else None,
+            )
+            try:
+                self._write(event)
+            except StoreError as exc:
+                return self._unaudited(final, exc)
+            if final.allowed:
+                self._state.record_call(self.agent, call.tool, now)
+        return final
+
+    def after_tool(self, decision: Decision, output: Any = None, *, error: BaseException | str | None = None) -> Any:
+        """Record what a tool returned (or the error it raised) and return the output.
+
+        Raises :class:`StoreError` if the result cannot be recorded.
+        """
+        now = time.time()
+        tool = self.guard.policy.policy.tools.get(decision.call.tool)
+        untrusted = tool is None or tool.output is Trust.UNTRUSTED
+        key = self.guard.store.key
+        try:
+            shown = preview(to_plain(output, "output"), key)
+        except UnsupportedValueError:
+            shown = preview(clean_str(str(output)), key)
+        details = {
+            "call_id": decision.call.call_id,
+            "output": shown.value,
+            "output_fp": shown.fingerprint,
+            "labels": sorted(shown.labels),
+            "untrusted": untrusted,
+            "error": _safe_text(str(error), key) if error is not None else None,
+        }
+        with self._state.lock:
+            self._load()
+            event = self._event(
+                Kind.TOOL_RESULT, now, tool=decision.call.tool, parent=decision.event_id, details=details
+            )
+            self._write(event)
+            if untrusted:
+                self._state.record_untrusted(decision.call.tool)
+            self._state.labels.update(shown.labels)
+        return output
+
+    # -- models ------------------------------------------------------------------------------
+
+    def before_model(self, messages: Any, *, model: str | None = None, parent: str | None = None) -> str:
+        """Record a model request; return its audit event id (the parent of its response)."""
+        return self._record_model(Kind.MODEL_REQUEST, parent, {"model": model}, "messages", messages)
+
+    def after_model(
+        self, response: Any, *, tool_calls: Sequence[Mapping[str, Any]] = (), parent: str | None = None
+    ) -> str:
+        """Record a model response and the tool calls it proposes; return its event id.
+
+        Pass that id as ``caused_by`` to :meth:`before_tool` to link each call to its proposal.
+        """
+        proposed = [{"id": c.get("id"), "name": c.get("name")} for c in tool_calls]
+        return self._record_model(Kind.MODEL_RESPONSE, parent, {"tool_calls": proposed}, "response", response)
+
+    def _record_model(self, kind: str, parent: str | None, details: dict[str, Any], name: str, content: Any) -> str:
+        key = self.guard.store.key
+        try:
+            shown = preview(to_plain(content, name), key)
+        except UnsupportedValueError:
+            shown = preview(clean_str(str(content)), key)
+        details.update({name: shown.value, f"{name}_fp": shown.fingerprint, "labels": sorted(shown.labels)})
+        with self._state.lock:
+            self._load()
+            event = self._event(kind, time.time(), parent=parent, details=details)
+            self._write(event)
+            self._state.labels.update(shown.labels)
+        return event.event_id
+
+    # -- audit plumbing ----------------------------------------------------------------------
+
+    def _load(self) -> None:
+        """Rebuild the session from the audit the first time this process touches it."""
+        if not self._loaded:
+            if self._state.events == 0:
+                self._state.replay(self.guard.store.session_events(self.id))
+            self._loaded = True
+
+    def _event(
+        self,
+        kind: str,
+        now: float,
+        *,
+        tool: str | None = None,
+        parent: str | None = None,
+        verdict: str | None = None,
+        details: dict[str, Any],
+        event_id: str | None = None,
+    ) -> NewEvent:
+        return NewEvent(
+            event_id or _new_id(),
+            int(now * 1_000_000),
+            self.id,
+            kind,
+            self.agent,
+            self.user,
+            self.tenant,
+            tool,
+            parent,
+            verdict,
+            canonical_json(details),
+        )
+
+    def _write(self, event: NewEvent) -> None:
+        batch = [event]
+        if self._state.events == 0:
+            guard = self.guard
+            start = self._event(
+                Kind.SESSION, event.ts_us / 1e6, details={"mode": guard.mode.value, "policy": guard.policy.digest}
+            )
+            batch.insert(0, start)
+        self.guard.store.append(batch)
+        self._state.events += len(batch)
+
+
+def _safe_text(text: str, key: bytes) -> Any:
+    return preview(clean_str(text), key).value

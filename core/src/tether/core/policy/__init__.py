@@ -1,0 +1,22 @@
+"""Policy: the schema, the YAML loader and the compiler."""
+
+from .compile import CompiledPolicy, compile_policy
+from .loader import parse_policy, read_policy
+from .schema import AgentSpec, Effect, Grant, Limits, Mode, Policy, Rule, ToolSpec, Trust, Verdict
+
+__all__ = [
+    "AgentSpec",
+    "CompiledPolicy",
+    "Effect",
+    "Grant",
+    "Limits",
+    "Mode",
+    "Policy",
+    "Rule",
+    "ToolSpec",
+    "Trust",
+    "Verdict",
+    "compile_policy",
+    "parse_policy",
+    "read_policy",
+]

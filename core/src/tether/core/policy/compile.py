@@ -1,0 +1,260 @@
+"""Compiling a validated policy into per-(agent, tool) plans.
+
+A plan holds only the rules that can apply to one agent calling one tool, in the order a
+decision reads them, with their conditions already compiled. Building it once means a
+decision never scans rules that cannot match.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import PolicyError, PolicyIssue
+from ..expr import Condition, ConditionError, compile_condition, merge_fields, select
+from ..values import canonical_json
+from .loader import KeyPath, Source, format_path
+from .schema import AgentSpec, Grant, Policy, Rate, Rule, ToolSpec, Verdict
+
+DEFAULT_RULE = "default"
+_PLAN_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledRule:
+    id: str
+    action: Verdict
+    reason: str
+    condition: Condition | None = None
+    redact: tuple[str, ...] = ()
+    unmet: str = ""  # for a grant: why the call is refused when its condition does not hold
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A per-session cap on an agent's calls (``tool`` None) or on its calls of one tool."""
+
+    id: str
+    tool: str | None
+    max_calls: int | None = None
+    rate: Rate | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """Everything a decision needs for one agent calling one tool."""
+
+    agent: str
+    tool: str
+    agent_known: bool
+    tool_known: bool
+    grants: tuple[CompiledRule, ...]  # allow rules: the call is granted when one holds
+    denies: tuple[CompiledRule, ...]
+    asks: tuple[CompiledRule, ...]
+    redacts: tuple[CompiledRule, ...]
+    limits: tuple[Limit, ...]
+    #: the variables (and their fields) the conditions read, so nothing else is built per call
+    fields: dict[str, frozenset[str] | None]
+    conditions: int  # how many rules carry a condition
+    statics: dict[str, Any] = field(repr=False)  # the 'tool' and 'agent' CEL values
+
+
+class CompiledPolicy:
+    """A policy ready to decide on. Build with :func:`compile_policy`."""
+
+    def __init__(self, policy: Policy, conditions: dict[str, Condition | None]) -> None:
+        self.policy = policy
+        self.mode = policy.mode
+        self.default = Verdict(policy.default)
+        self.approval_timeout = policy.approvals.timeout
+        self.digest = hashlib.sha256(canonical_json(policy.model_dump(mode="json")).encode()).hexdigest()
+        self._conditions = conditions  # by source path, compiled once
+        self._plans: dict[tuple[str, str], Plan] = {}
+        self._lock = threading.Lock()
+        rates = [r.calls for r in _all_rates(policy)]
+        self.rate_window = max(rates, default=0)  # how many call times a session must remember
+
+    def plan(self, agent: str, tool: str) -> Plan:
+        key = (agent, tool)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._build_plan(agent, tool)
+            with self._lock:
+                if len(self._plans) >= _PLAN_CACHE_SIZE:  # names can come from a model: bound it
+                    self._plans.pop(next(iter(self._plans)))
+                self._plans[key] = plan
+        return plan
+
+    def _build_plan(self, agent: str, tool: str) -> Plan:
+        policy = self.policy
+        agent_spec = policy.agents.get(agent)
+        tool_spec = policy.tools.get(tool)
+        by_action: dict[Verdict, list[CompiledRule]] = {v: [] for v in Verdict}
+        limits: list[Limit] = []
+        if agent_spec is not None:
+            agent_path: KeyPath = ("agents", agent)
+            limits += _limits(agent_path + ("limits",), None, agent_spec.limits.max_calls, agent_spec.limits.rate)
+            grant = agent_spec.tools.get(tool)
+            if grant is not None and tool_spec is not None:
+                path = agent_path + ("tools", tool)
+                for granted in self._grant_rules(path, grant):
+                    by_action[granted.action].append(granted)
+                limits += _limits(path, tool, grant.max_calls, grant.rate)
+        for index, rule in enumerate(policy.rules):
+            if _selects(rule, agent, tool, tool_spec):
+                by_action[rule.action].append(self._rule(("rules", index), rule))
+        conditions = [r.condition for rules in by_action.values() for r in rules if r.condition]
+        fields = merge_fields([condition.names.fields for condition in conditions])
+        statics = {"tool": _tool_value(tool, tool_spec), "agent": _agent_value(agent, agent_spec)}
+        return Plan(
+            agent,
+            tool,
+            agent_spec is not None,
+            tool_spec is not None,
+            tuple(by_action[Verdict.ALLOW]),
+            tuple(by_action[Verdict.DENY]),
+            tuple(by_action[Verdict.ASK]),
+            tuple(by_action[Verdict.REDACT]),
+            tuple(limits),
+            fields,
+            len(conditions),
+            {name: select(value, fields[name]) for name, value in statics.items() if name in fields},
+        )
+
+    def _grant_rules(self, path: KeyPath, grant: Grant) -> list[CompiledRule]:
+        rule_id = format_path(path)
+        unmet = grant.reason or f"the condition of {rule_id} does not hold: {grant.when}"
+        when = self._conditions[format_path(path + ("when",))]
+        rules = [CompiledRule(rule_id, Verdict.ALLOW, f"granted by {rule_id}", when, unmet=unmet)]
+        if grant.ask is not False:
+            ask_reason = grant.reason or f"{rule_id} requires approval"
+            condition = self._conditions[format_path(path + ("ask",))]
+            rules.append(CompiledRule(f"{rule_id}.ask", Verdict.ASK, ask_reason, condition))
+        if grant.redact:
+            rules.append(
+                CompiledRule(
+                    f"{rule_id}.redact", Verdict.REDACT, f"{rule_id} redacts arguments", None, tuple(grant.redact)
+                )
+            )
+        return rules
+
+    def _rule(self, path: KeyPath, rule: Rule) -> CompiledRule:
+        condition = self._conditions[format_path(path + ("when",))]
+        unmet = f"the condition of rule {rule.id} does not hold: {rule.when}"
+        return CompiledRule(rule.id, rule.action, rule.reason, condition, tuple(rule.redact), unmet)
+
+
+def _limits(path: KeyPath, tool: str | None, max_calls: int | None, rate: Rate | None) -> list[Limit]:
+    out = []
+    if max_calls is not None:
+        out.append(Limit(format_path(path + ("max_calls",)), tool, max_calls=max_calls))
+    if rate is not None:
+        out.append(Limit(format_path(path + ("rate",)), tool, rate=rate))
+    return out
+
+
+def _all_rates(policy: Policy) -> list[Rate]:
+    rates = []
+    for agent in policy.agents.values():
+        rates += [agent.limits.rate] + [g.rate for g in agent.tools.values()]
+    return [r for r in rates if r is not None]
+
+
+def _selects(rule: Rule, agent: str, tool: str, tool_spec: ToolSpec | None) -> bool:
+    if rule.agents is not None and not any(fnmatch.fnmatchcase(agent, p) for p in rule.agents):
+        return False
+    if rule.tools is not None and not any(fnmatch.fnmatchcase(tool, p) for p in rule.tools):
+        return False
+    if rule.effects is not None:
+        effects = set(tool_spec.effects) if tool_spec else set()
+        if not effects.intersection(rule.effects):
+            return False
+    return True
+
+
+def _tool_value(name: str, spec: ToolSpec | None) -> dict[str, Any]:
+    if spec is None:
+        return {"name": name, "effects": [], "output": "untrusted", "data": []}
+    return {
+        "name": name,
+        "effects": [e.value for e in spec.effects],
+        "output": spec.output.value,
+        "data": list(spec.data),
+    }
+
+
+def _agent_value(name: str, spec: AgentSpec | None) -> dict[str, Any]:
+    if spec is None:
+        return {"name": name, "purpose": "", "owner": "", "data": []}
+    return {"name": name, "purpose": spec.purpose, "owner": spec.owner, "data": list(spec.data)}
+
+
+def compile_policy(policy: Policy, source: Source | None = None) -> CompiledPolicy:
+    """Check cross-references and compile every condition; raise :class:`PolicyError` listing all problems."""
+    where = source or Source()
+    issues: list[PolicyIssue] = []
+    conditions: dict[str, Condition | None] = {}
+    tools = set(policy.tools)
+
+    def condition(path: KeyPath, text: str | bool | None) -> None:
+        if text is None or isinstance(text, bool):
+            conditions[format_path(path)] = None
+            return
+        try:
+            compiled = compile_condition(text)
+        except ConditionError as exc:
+            at = f" at column {exc.column}" if exc.column else ""
+            issues.append(where.issue(path, f"condition does not compile{at}: {exc}"))
+            return
+        unknown = sorted(compiled.names.tool_names - tools)
+        if unknown:
+            issues.append(
+                where.issue(path, f"condition refers to unknown tool {unknown[0]!r}{_hint(unknown[0], tools)}")
+            )
+        conditions[format_path(path)] = compiled
+
+    for agent_name, agent in policy.agents.items():
+        for tool_name, grant in agent.tools.items():
+            path: KeyPath = ("agents", agent_name, "tools", tool_name)
+            if tool_name not in tools:
+                issues.append(
+                    where.issue(
+                        path,
+                        f"unknown tool {tool_name!r}{_hint(tool_name, tools)}; declare it under 'tools'",
+                        at_key=True,
+                    )
+                )
+            condition(path + ("when",), grant.when)
+            condition(path + ("ask",), grant.ask)
+    seen_ids: set[str] = set()
+    for index, rule in enumerate(policy.rules):
+        path = ("rules", index)
+        if rule.id in seen_ids:
+            issues.append(where.issue(path + ("id",), f"rule id {rule.id!r} is used twice"))
+        seen_ids.add(rule.id)
+        _check_selectors(where, path + ("agents",), rule.agents, set(policy.agents), "agent", issues)
+        _check_selectors(where, path + ("tools",), rule.tools, tools, "tool", issues)
+        condition(path + ("when",), rule.when)
+    if issues:
+        issues.sort(key=lambda i: (i.line or 0, i.column or 0))
+        raise PolicyError(issues)
+    return CompiledPolicy(policy, conditions)
+
+
+def _check_selectors(
+    where: Source, path: KeyPath, names: list[str] | None, known: set[str], kind: str, issues: list[PolicyIssue]
+) -> None:
+    for i, name in enumerate(names or []):
+        if any(ch in name for ch in "*?["):
+            continue  # a pattern may match agents or tools that appear later
+        if name not in known:
+            issues.append(where.issue(path + (i,), f"unknown {kind} {name!r}{_hint(name, known)}"))
+
+
+def _hint(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,225 @@
+"""Reading a policy from YAML, with every error pointing at file, line and key."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ..errors import PolicyError, PolicyIssue
+from .schema import Policy
+
+KeyPath = tuple[Any, ...]
+
+
+class Source:
+    """Where each key and value of a policy document starts, to locate problems in it."""
+
+    def __init__(self, file: str | None = None) -> None:
+        self.file = file
+        self.values: dict[KeyPath, tuple[int, int]] = {}
+        self.keys: dict[KeyPath, tuple[int, int]] = {}
+
+    def issue(self, path: KeyPath, message: str, *, at_key: bool = False) -> PolicyIssue:
+        """An issue at ``path``: its value, or its key (``at_key``); else its nearest parent key."""
+        place = self.keys.get(path) if at_key else self.values.get(path)
+        for depth in range(len(path) - 1, -1, -1):
+            if place is not None:
+                break
+            place = self.keys.get(path[:depth]) or self.values.get(path[:depth])
+        line, column = place or (None, None)
+        return PolicyIssue(message, format_path(path), self.file, line, column)
+
+
+def format_path(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        text = str(part)
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif text.replace("_", "").replace("-", "").isalnum():
+            out += ("." if out else "") + text
+        else:
+            out += f"[{text!r}]"
+    return out
+
+
+def read_policy(source: str | os.PathLike[str] | Mapping[str, Any] | Policy) -> tuple[Policy, Source]:
+    """A validated policy from a file path, a mapping or a :class:`Policy`, with its source map."""
+    if isinstance(source, Policy):
+        return source, Source()
+    if isinstance(source, Mapping):
+        where = Source()
+        return _validate(dict(source), where), where
+    path = Path(source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError([PolicyIssue("policy file not found", file=str(path))]) from None
+    except UnicodeDecodeError as exc:
+        raise PolicyError([PolicyIssue(f"not UTF-8 text ({exc.reason})", file=str(path))]) from None
+    return parse_policy(text, str(path))
+
+
+def parse_policy(text: str, file: str | None = None) -> tuple[Policy, Source]:
+    """A validated policy from YAML text."""
+    data, where = _parse_yaml(text, file)
+    return _validate(data, where), where
+
+
+def _parse_yaml(text: str, file: str | None) -> tuple[dict[str, Any], Source]:
+    where = Source(file)
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise PolicyError([PolicyIssue("the policy is empty", file=file)])
+        duplicates: list[PolicyIssue] = []
+        _index(node, (), where, duplicates)
+        if duplicates:
+            raise PolicyError(duplicates)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        problem = " ".join(p for p in (exc.context, exc.problem) if p)
+        raise PolicyError([PolicyIssue(f"malformed YAML: {problem}", "", file, line, column)]) from None
+    except yaml.YAMLError as exc:
+        raise PolicyError([PolicyIssue(f"malformed YAML: {exc}", file=file)]) from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise PolicyError([where.issue((), "a policy must be a mapping (version, tools, agents, rules)")])
+    return data, where
+
+
+def _index(node: yaml.Node, path: KeyPath, where: Source, duplicates: list[PolicyIssue]) -> None:
+    where.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node)
+            if key in seen:
+                mark = key_node.start_mark
+                duplicates.append(
+                    PolicyIssue(
+                        f"duplicate key {key!r}: the second would silently replace the first",
+                        format_path((*path, key)),
+                        where.file,
+                        mark.line + 1,
+                        mark.column + 1,
+                    )
+                )
+            seen.add(key)
+            where.keys[path + (key,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            _index(value_node, path + (key,), where, duplicates)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index(item, (*path, i), where, duplicates)
+
+
+def _validate(data: dict[str, Any], where: Source) -> Policy:
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        messages: dict[KeyPath, list[str]] = {}
+        at_key: set[KeyPath] = set()
+        got: dict[KeyPath, str] = {}
+        for err in exc.errors():
+            path = _data_path(err["loc"], data)
+            text = _message(err, path)
+            if text not in messages.setdefault(path, []):
+                messages[path].append(text)
+            if err["type"] in ("extra_forbidden", "missing") or "[key]" in err["loc"]:
+                at_key.add(path)
+            value = err.get("input")
+            if err["type"] not in ("value_error", "missing", "extra_forbidden") and _scalar(value):
+                got[path] = f" (got {value!r})"
+        issues = [
+            where.issue(path, " or ".join(texts) + got.get(path, ""), at_key=path in at_key)
+            for path, texts in messages.items()
+        ]
+        issues.sort(key=lambda i: (i.line or 0, i.column or 0))
+        raise PolicyError(issues) from None
+
+
+def _scalar(value: Any) -> bool:
+    return value is not None and not isinstance(value, (dict, list))
+
+
+def _data_path(loc: tuple[Any, ...], data: Any) -> KeyPath:
+    """The part of pydantic's error location that names keys of the document.
+
+    Pydantic adds its own steps (union members, ``[key]``); they are not in the data, so the
+    path stops where the data does, keeping one step for a missing or unknown key.
+    """
+    path: list[Any] = []
+    current = data
+    for part in loc:
+        if (isinstance(current, dict) and part in current) or (
+            isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        ):
+            current = current[part]
+        elif isinstance(current, dict) and part != "[key]":
+            path.append(part)
+            break
+        else:
+            break
+        path.append(part)
+    return tuple(path)
+
+
+def _message(err: Any, path: KeyPath) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        known = sorted(_fields_at(path[:-1]))
+        text = f"unknown key {path[-1]!r}"
+        hint = difflib.get_close_matches(str(path[-1]), known, n=1)
+        if hint:
+            return f"{text} (did you mean {hint[0]!r}?)"
+        return f"{text} (expected one of: {', '.join(known)})" if known else text
+    if kind == "missing":
+        return f"required key {path[-1]!r} is missing" if path else "a required key is missing"
+    text = str(err["msg"])
+    text = text[len("Value error, ") :] if text.startswith("Value error, ") else text
+    if "[key]" in err["loc"]:
+        return f"invalid name: {text}"
+    return text
+
+
+def _fields_at(path: KeyPath) -> list[str]:
+    """The valid keys of the mapping at ``path``, read from the schema."""
+    current: Any = Policy
+    for part in path:
+        current = _step(_unwrap(current), part)
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _step(annotation: Any, part: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(part)
+        return field.annotation if field else None
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is dict and len(args) == 2:
+        return args[1]
+    if origin is list and args:
+        return args[0]
+    return None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``Model | None`` -> ``Model``."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        for arg in get_args(annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                return arg
+    return annotation

@@ -1,0 +1,186 @@
+"""The policy schema: what a security engineer writes, validated strictly.
+
+Unknown keys are errors everywhere (a misspelt key must never silently drop a rule), and
+shorthands are normalised before validation so error paths match the YAML the user wrote.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, model_validator
+
+
+class Effect(str, enum.Enum):
+    """What calling a tool does to the world."""
+
+    READ = "read"
+    WRITE = "write"
+    DELETE = "delete"
+    EXTERNAL = "external"  # reaches people or systems outside the organisation
+    IRREVERSIBLE = "irreversible"
+    MONEY = "money"  # moves money
+    EXECUTE = "execute"  # runs code or commands
+
+
+class Trust(str, enum.Enum):
+    """Whether a tool's output may steer the agent (``untrusted``: web pages, email, documents...)."""
+
+    TRUSTED = "trusted"
+    UNTRUSTED = "untrusted"
+
+
+class Mode(str, enum.Enum):
+    ENFORCE = "enforce"
+    MONITOR = "monitor"  # decide and audit everything, enforce nothing
+
+
+class Verdict(str, enum.Enum):
+    """What a rule says, and what a decision concludes."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+    ASK = "ask"
+    REDACT = "redact"
+
+
+_UNITS = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|hour|d|day)s?\s*$")
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|sec|m|min|h|hour|d|day)s?\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """``30s``, ``5m``, ``1h``, ``2d``, ``500ms`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {value!r}")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+class Rate(BaseModel):
+    """At most ``calls`` within any ``per_seconds`` window, written ``20/min`` or ``5/10s``."""
+
+    model_config = ConfigDict(frozen=True)
+    calls: PositiveInt
+    per_seconds: float
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            match = _RATE.match(value)
+            if not match:
+                raise ValueError(f"expected a rate such as 20/min, 100/h or 5/10s, got {value!r}")
+            count = float(match.group(2) or 1)
+            return {"calls": int(match.group(1)), "per_seconds": count * _UNITS[match.group(3)]}
+        return value
+
+    def __str__(self) -> str:
+        return f"{self.calls}/{self.per_seconds:g}s"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+DataClass = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
+RuleId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
+ArgPath = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]
+Cel = Annotated[str, Field(min_length=1, max_length=10_000)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(_Strict):
+    """Call limits, counted per session."""
+
+    max_calls: PositiveInt | None = None
+    rate: Rate | None = None
+
+
+class ToolSpec(_Strict):
+    """What a tool is: what it does and whether its output can be trusted."""
+
+    description: str = ""
+    effects: list[Effect] = []
+    output: Trust = Trust.TRUSTED
+    data: list[DataClass] = []  # data classes its output can carry
+
+
+class Grant(_Strict):
+    """An agent's permission to use one tool, with optional conditions and limits."""
+
+    when: Cel | None = None  # granted only while this holds
+    ask: bool | Cel = False  # needs a person's approval (always, or when this holds)
+    redact: list[ArgPath] = []  # arguments replaced before the tool sees them
+    reason: str | None = None  # said when the grant does not apply
+    max_calls: PositiveInt | None = None
+    rate: Rate | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if value is None or value is True or value == "allow":
+            return {}
+        if value == "ask":
+            return {"ask": True}
+        if isinstance(value, (str, bool)):
+            raise ValueError(f"expected 'allow', 'ask' or a mapping of settings, got {value!r}")
+        return value
+
+
+class AgentSpec(_Strict):
+    """An agent: who owns it, what it is for, what it may touch."""
+
+    purpose: str = Field(min_length=1)
+    owner: str = Field(min_length=1)
+    data: list[DataClass] = []  # data classes it may handle
+    tools: dict[Name, Grant] = {}
+    limits: Limits = Limits()
+
+
+class Rule(_Strict):
+    """A rule over many agents and tools; selectors left out match everything."""
+
+    id: RuleId
+    reason: str = Field(min_length=1)
+    action: Verdict
+    agents: list[str] | None = None  # names or glob patterns
+    tools: list[str] | None = None  # names or glob patterns
+    effects: list[Effect] | None = None  # matches tools with any of these effects
+    when: Cel | None = None
+    redact: list[ArgPath] = []
+
+    @model_validator(mode="after")
+    def _redact_needs_fields(self) -> Rule:
+        if self.action is Verdict.REDACT and not self.redact:
+            raise ValueError("a rule with action 'redact' must list the arguments to redact")
+        if self.redact and self.action is not Verdict.REDACT:
+            raise ValueError("'redact' is only meaningful with action 'redact'")
+        return self
+
+
+class Approvals(_Strict):
+    timeout: Duration = 300.0  # an unanswered request is denied after this long
+
+
+class Policy(_Strict):
+    """A whole policy. Build one from YAML with :func:`tether.core.load_policy` or in Python."""
+
+    version: Literal[1]
+    mode: Mode = Mode.ENFORCE
+    default: Literal["deny", "ask"] = "deny"  # for calls that no grant allows
+    approvals: Approvals = Approvals()
+    tools: dict[Name, ToolSpec] = {}
+    agents: dict[Name, AgentSpec] = {}
+    rules: list[Rule] = []

@@ -1,0 +1,100 @@
+"""Previews of arguments and outputs that are safe to store: no raw secret, no raw PII.
+
+What reaches the audit is a bounded preview (long strings cut, big containers trimmed) in
+which every sensitive value is replaced by its kind and a keyed fingerprint, plus one
+fingerprint of the whole value, so equal values can still be matched across events.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from .classify import SECRET_NAMES, scan
+from .keys import fingerprint
+from .values import Plain, canonical_json
+
+MAX_STRING = 240  # characters of a string kept in a preview
+SCAN_MARGIN = 2048  # scanned beyond the cut, so a secret straddling it is still recognised
+MAX_ITEMS = 50
+MAX_DEPTH = 8
+MIN_SCANNED = 6  # no detected kind of data fits in fewer characters
+
+
+@functools.lru_cache(maxsize=4096)
+def _secret_name(name: str) -> bool:
+    """Whether a field's name says its value is a secret (names repeat: remember the answer)."""
+    return SECRET_NAMES.match(name) is not None
+
+
+@dataclass(frozen=True)
+class Preview:
+    value: Plain
+    fingerprint: str
+    labels: frozenset[str]
+
+
+def preview(value: Plain, key: bytes) -> Preview:
+    """A storable preview of ``value`` with its fingerprint and the data classes found in it."""
+    labels: set[str] = set()
+    shown = _preview(value, key, labels, 0)
+    digest = fingerprint(key, canonical_json(value).encode("utf-8", "surrogatepass"))
+    return Preview(shown, digest, frozenset(labels))
+
+
+def _preview(value: Plain, key: bytes, labels: set[str], depth: int) -> Plain:
+    if isinstance(value, str):
+        return _text(value, key, labels)
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes {fingerprint(key, value)}>"
+    if depth >= MAX_DEPTH and isinstance(value, (dict, list)):
+        return f"<nested too deep to show {fingerprint(key, canonical_json(value).encode())}>"
+    if isinstance(value, dict):
+        out: dict[str, Plain] = {}
+        for i, (name, item) in enumerate(value.items()):
+            if i == MAX_ITEMS:
+                out["…"] = f"{len(value) - MAX_ITEMS} more keys"
+                break
+            if _secret_name(name) and item not in (None, ""):
+                labels.add("secret")
+                out[name] = f"[secret:{fingerprint(key, canonical_json(item).encode())}]"
+            else:
+                out[name] = _preview(item, key, labels, depth + 1)
+        return out
+    if isinstance(value, list):
+        items = [_preview(item, key, labels, depth + 1) for item in value[:MAX_ITEMS]]
+        if len(value) > MAX_ITEMS:
+            items.append(f"… {len(value) - MAX_ITEMS} more items")
+        return items
+    return value
+
+
+def _text(text: str, key: bytes, labels: set[str]) -> str:
+    """The first MAX_STRING characters with sensitive spans masked.
+
+    Scanning runs past the cut so that a secret starting before it is recognised whole; only
+    text before the cut is ever shown, so a secret cut in half cannot leak its first half.
+    """
+    if len(text) < MIN_SCANNED:
+        return text
+    window = text[: MAX_STRING + SCAN_MARGIN]
+    parts, pos = [], 0
+    for found in scan(window):
+        labels.add(found.label)
+        if found.start < MAX_STRING:
+            parts += [window[pos : found.start], _mask(found.kind, window[found.start : found.end], key)]
+            pos = found.end
+    if pos < MAX_STRING:
+        parts.append(window[pos:MAX_STRING])
+        pos = MAX_STRING
+    shown = "".join(parts)
+    return shown + f"…[{len(text)} chars]" if len(text) > pos else shown
+
+
+def _mask(kind: str, secret: str, key: bytes) -> str:
+    tag = fingerprint(key, secret.encode("utf-8", "surrogatepass"))
+    if kind == "email":  # keep the domain: where data goes is what an investigator needs
+        return f"[email:{tag}]@{secret.rpartition('@')[2]}"
+    if kind == "payment_card":
+        return f"[card:…{secret[-4:]}:{tag}]"
+    return f"[{kind}:{tag}]"

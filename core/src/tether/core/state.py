@@ -1,0 +1,96 @@
+"""What Tether remembers about a session: call counts, recent call times, taint.
+
+The audit log is the source of truth; this is its summary in memory. A session reopened in a
+new process (a resumed graph, a restarted worker) is rebuilt from its audit events, so limits
+and taint survive restarts without a second store to keep in step.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class _Calls:
+    count: int = 0
+    times: deque[float] = field(default_factory=deque)
+
+
+class SessionState:
+    """One session's counters, shared by every agent acting in it. Guard it with ``lock``."""
+
+    def __init__(self, session_id: str, *, rate_window: int = 0) -> None:
+        self.id = session_id
+        self.lock = threading.RLock()
+        self.events = 0  # events written so far (0: the session is new)
+        self.tainted_by: list[str] = []  # untrusted tools whose output entered the session
+        self.labels: set[str] = set()
+        self._rate_window = rate_window
+        self._calls: dict[tuple[str, str | None], _Calls] = {}
+
+    def _entry(self, agent: str, tool: str | None) -> _Calls:
+        entry = self._calls.get((agent, tool))
+        if entry is None:
+            entry = self._calls[(agent, tool)] = _Calls(times=deque(maxlen=self._rate_window))
+        return entry
+
+    def calls(self, agent: str, tool: str | None = None) -> int:
+        """Calls made by ``agent`` (of ``tool``, if given) in this session."""
+        entry = self._calls.get((agent, tool))
+        return entry.count if entry else 0
+
+    def nth_latest(self, agent: str, tool: str | None, n: int) -> float | None:
+        """When the ``n``-th most recent counted call happened, if there were ``n``."""
+        entry = self._calls.get((agent, tool))
+        if entry is None or len(entry.times) < n:
+            return None
+        return entry.times[-n]
+
+    def record_call(self, agent: str, tool: str, at: float) -> None:
+        for key in (None, tool):
+            entry = self._entry(agent, key)
+            entry.count += 1
+            if self._rate_window:
+                entry.times.append(at)
+
+    def record_untrusted(self, tool: str) -> None:
+        if tool not in self.tainted_by:
+            self.tainted_by.append(tool)
+
+    def cel_value(
+        self, agent: str, user: str | None, tenant: str | None, fields: frozenset[str] | None = None
+    ) -> dict[str, Any]:
+        """The ``session`` variable conditions see: only ``fields``, if given."""
+        names = _SESSION_FIELDS if fields is None else fields
+        return {name: _SESSION_FIELDS[name](self, agent, user, tenant) for name in names}
+
+    def replay(self, events: Iterable[Any]) -> None:
+        """Rebuild from this session's audit events, oldest first."""
+        from .audit.events import counted_call, untrusted_output
+
+        for event in events:
+            self.events += 1
+            call = counted_call(event)
+            if call is not None:
+                self.record_call(call[0], call[1], event.ts_us / 1e6)
+            tool = untrusted_output(event)
+            if tool is not None:
+                self.record_untrusted(tool)
+
+
+_SESSION_FIELDS: dict[str, Callable[[SessionState, str, str | None, str | None], Any]] = {
+    "id": lambda state, agent, user, tenant: state.id,
+    "user": lambda state, agent, user, tenant: user or "",
+    "tenant": lambda state, agent, user, tenant: tenant or "",
+    "calls": lambda state, agent, user, tenant: state.calls(agent),
+    "tool_calls": lambda state, agent, user, tenant: {
+        t: e.count for (a, t), e in state._calls.items() if a == agent and t is not None
+    },
+    "tainted": lambda state, agent, user, tenant: bool(state.tainted_by),
+    "tainted_by": lambda state, agent, user, tenant: list(state.tainted_by),
+    "labels": lambda state, agent, user, tenant: sorted(state.labels),
+}

@@ -1,0 +1,53 @@
+"""Developer tasks. `nox` runs lint, typecheck and the test suite; `nox -l` lists sessions.
+
+PostgreSQL tests run when TETHER_TEST_POSTGRES_URL is set (CI sets it), and skip otherwise.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "typecheck", "core"]
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+
+
+def _runs(python: str) -> bool:
+    """Whether an interpreter is installed and works (a pyenv shim alone does not count)."""
+    found = shutil.which(python)
+    return found is not None and subprocess.run([found, "-c", "pass"], capture_output=True).returncode == 0
+
+
+if _runs("python3.10"):  # the oldest Python we support, and the one with the pure-Python CEL runtime
+    nox.options.sessions.append("core-3.10")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install(*nox.project.dependency_groups(PYPROJECT, "typecheck"), "-e", "./core")
+    session.run("mypy", "core/src/tether/core")
+
+
+@nox.session
+def core(session: nox.Session) -> None:
+    """The core's tests on SQLite, and on PostgreSQL when TETHER_TEST_POSTGRES_URL is set."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "test"), "-e", "./core")
+    session.run("pytest", "tests/core", *session.posargs)
+
+
+@nox.session(name="core-3.10", python="3.10")
+def core_310(session: nox.Session) -> None:
+    """The core on Python 3.10, where conditions run on the pure-Python CEL runtime."""
+    core(session)

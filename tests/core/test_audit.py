@@ -1,0 +1,232 @@
+"""The audit: hash chains that name what was edited, deleted or moved; export; crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tether.core import AuditStore, Guard, StoreError
+from tether.core.audit import verify
+from tether.core.audit.schema import events
+
+from .conftest import BASE_POLICY, KEY
+
+
+def fill(guard: Guard, sessions: int = 2, calls: int = 3) -> None:
+    for s in range(sessions):
+        session = guard.session("bot", f"s{s}")
+        for i in range(calls):
+            session.after_tool(session.before_tool("search", {"q": f"{s}-{i}"}), f"result {i}")
+
+
+def tamper(store: AuditStore, statement: sa.Executable) -> None:
+    with store.engine.begin() as connection:
+        connection.execute(statement)
+
+
+def row_id(store: AuditStore, session_id: str, seq: int) -> int:
+    with store.engine.connect() as connection:
+        return int(
+            connection.execute(
+                sa.select(events.c.id).where(events.c.session_id == session_id, events.c.seq == seq)
+            ).scalar_one()
+        )
+
+
+def test_an_untouched_log_verifies(guard: Guard, store: AuditStore) -> None:
+    fill(guard)
+    report = verify(store.key, store.events())
+    assert report.ok and report.events == 14 and report.sessions == 2
+    assert report.head == next(iter(store.events(last=1))).hash
+
+
+def test_an_edited_event_is_named(guard: Guard, store: AuditStore) -> None:
+    fill(guard)
+    target = row_id(store, "s0", 3)
+    tamper(
+        store,
+        events.update()
+        .where(events.c.id == target)
+        .values(data=sa.func.replace(events.c.data, '"allowed":true', '"allowed":false')),
+    )
+    report = verify(store.key, store.events())
+    assert [(p.kind, p.session_id, p.seq) for p in report.problems] == [("edited", "s0", 3)]
+    assert f"event {target} (session 's0' #3, tool.decision) was edited" in report.problems[0].message
+
+
+def test_a_deleted_event_is_named_even_at_a_session_tail(guard: Guard, store: AuditStore) -> None:
+    fill(guard)
+    tamper(store, events.delete().where(events.c.id == row_id(store, "s0", 3)))
+    tamper(store, events.delete().where(events.c.id == row_id(store, "s0", 6)))  # s0's last event
+    report = verify(store.key, store.events())
+    kinds = [(p.kind, p.session_id) for p in report.problems]
+    assert ("missing", "s0") in kinds  # the gap inside s0
+    assert any("lacks #3: deleted" in p.message for p in report.problems)
+    assert any(
+        p.session_id == "s1" and "an event before it was deleted or moved" in p.message for p in report.problems
+    )  # the tail of s0, caught by the log chain
+
+
+def test_reordered_events_are_named(guard: Guard, store: AuditStore) -> None:
+    fill(guard, sessions=1)
+    first, second = row_id(store, "s0", 2), row_id(store, "s0", 3)
+    columns = [c for c in events.c if c.name != "id"]
+    with store.engine.begin() as connection:
+        a = connection.execute(sa.select(*columns).where(events.c.id == first)).one()._mapping
+        b = connection.execute(sa.select(*columns).where(events.c.id == second)).one()._mapping
+        connection.execute(events.delete().where(events.c.id.in_([first, second])))
+        connection.execute(events.insert().values(id=first, **dict(b)))
+        connection.execute(events.insert().values(id=second, **dict(a)))
+    problems = verify(store.key, store.events()).problems
+    assert any(p.kind == "reordered" and p.seq == 2 for p in problems)
+
+
+def test_a_rewritten_chain_without_the_key_is_caught(guard: Guard, store: AuditStore) -> None:
+    fill(guard, sessions=1)
+    forged = verify(b"not the key" * 3, store.events())
+    assert len(forged.problems) == forged.events  # nothing verifies under another key
+
+
+def test_the_wrong_key_is_refused_at_open(store: AuditStore) -> None:
+    with pytest.raises(StoreError, match="written with another key"):
+        AuditStore(store.url, key=b"another key entirely")
+
+
+def test_a_store_in_an_unknown_hash_format_is_refused(store: AuditStore) -> None:
+    from tether.core.audit.schema import meta
+
+    tamper(store, meta.update().where(meta.c.name == "hash_format").values(value="sha1/v0"))
+    with pytest.raises(StoreError, match="uses hash format sha1/v0"):
+        AuditStore(store.url, key=KEY)
+
+
+def test_export_jsonl_round_trips(guard: Guard, store: AuditStore, tmp_path: Path) -> None:
+    fill(guard, sessions=1, calls=1)
+    lines = [
+        json.loads(line)
+        for line in "".join(json.dumps(e.as_dict()) + "\n" for e in store.events(session_id="s0")).splitlines()
+    ]
+    assert [line["kind"] for line in lines] == ["session.start", "tool.decision", "tool.result"]
+    assert lines[1]["details"]["args"] == {"q": "0-0"} and len(lines[1]["hash"]) == 64
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from tether.core import AuditStore, Guard
+    from tests.core.conftest import BASE_POLICY, KEY
+    guard = Guard(BASE_POLICY, store=AuditStore(sys.argv[1], key=KEY))
+    session = guard.session("bot", "crash")
+    i = 0
+    while True:
+        decision = session.before_tool("search", {"q": i})
+        print(decision.event_id, flush=True)
+        i += 1
+    """
+)
+
+
+def test_a_killed_process_loses_no_decision_it_returned(store_url: str, tmp_path: Path) -> None:
+    AuditStore(store_url, key=KEY).close()
+    root = Path(__file__).resolve().parents[2]
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, store_url],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert child.stdout is not None
+    returned = []
+    deadline = time.monotonic() + 60
+    while len(returned) < 300 and time.monotonic() < deadline:
+        returned.append(child.stdout.readline().strip())
+    os.kill(child.pid, signal.SIGKILL)  # mid-write, most likely: it writes continuously
+    child.wait()
+    assert len(returned) == 300
+    store = AuditStore(store_url, key=KEY)
+    stored = {e.event_id for e in store.events()}
+    assert set(returned) <= stored
+    assert verify(store.key, store.events()).ok
+    # and the session carries on after the crash, chain intact
+    Guard(BASE_POLICY, store=store).session("bot", "crash").before_tool("search", {})
+    assert verify(store.key, store.events()).ok
+    store.close()
+
+
+def test_two_processes_share_one_store(store_url: str) -> None:
+    AuditStore(store_url, key=KEY).close()
+    root = Path(__file__).resolve().parents[2]
+    script = CHILD.replace('"crash"', "sys.argv[2]").replace("while True:", "for _ in range(200):")
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, store_url, f"p{n}"],
+            stdout=subprocess.DEVNULL,
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )
+        for n in range(2)
+    ]
+    for child in children:
+        assert child.wait(timeout=120) == 0
+    store = AuditStore(store_url, key=KEY)
+    report = verify(store.key, store.events())
+    assert report.ok and report.events == 2 * 201
+    store.close()
+
+
+def test_sqlite_store_lives_where_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TETHER_STORE", raising=False)
+    monkeypatch.delenv("TETHER_KEY", raising=False)
+    store = AuditStore()
+    assert store.location == str(tmp_path / ".tether" / "tether.db")
+    key_file = tmp_path / ".tether" / "tether.db.key"
+    assert key_file.exists() and oct(key_file.stat().st_mode & 0o777) == "0o600"
+    store.close()
+    with pytest.raises(StoreError, match="no audit store at"):
+        AuditStore(f"sqlite:///{tmp_path / 'elsewhere.db'}", create=False)
+
+
+def test_tether_key_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TETHER_KEY", "short")
+    with pytest.raises(StoreError, match="at least 16 characters"):
+        AuditStore(f"sqlite:///{tmp_path / 'a.db'}")
+    monkeypatch.setenv("TETHER_KEY", "a-long-enough-shared-fleet-key")
+    store = AuditStore(f"sqlite:///{tmp_path / 'a.db'}")
+    assert store.key == b"a-long-enough-shared-fleet-key"
+    assert not (tmp_path / "a.db.key").exists()
+    store.close()
+
+
+def test_migrations_match_the_declared_schema(store: AuditStore) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from tether.core.audit.schema import VERSION_TABLE, metadata
+
+    with store.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        diff = compare_metadata(context, metadata)
+    assert diff == []
+
+
+def test_the_schema_revision_constant_is_the_newest_migration() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from tether.core.audit import store as store_module
+    from tether.core.audit.schema import SCHEMA_REVISION
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(store_module.__file__).parent / "migrations"))
+    assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_REVISION

@@ -1,0 +1,169 @@
+"""The `tether` command, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tether.core import AuditStore, Guard
+from tether.core.audit.schema import events
+from tether.core.cli import main
+
+from .conftest import BASE_POLICY
+from .test_policy_loader import GOOD
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for name in ("TETHER_STORE", "TETHER_KEY", "TETHER_POLICY"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_check_accepts_a_good_policy(workdir: Path) -> None:
+    (workdir / "p.yaml").write_text(GOOD)
+    code, out, _ = run("check", "p.yaml")
+    assert code == 0
+    assert out == "p.yaml: ok (1 agents, 2 tools, 0 rules, enforce mode, default deny)\n"
+
+
+def test_check_rejects_a_broken_policy_with_line_numbers(workdir: Path) -> None:
+    (workdir / "p.yaml").write_text(GOOD.replace("when:", "whne:"))
+    (workdir / "q.yaml").write_text(GOOD)
+    code, out, err = run("check", "p.yaml", "q.yaml")
+    assert code == 1
+    assert err == "p.yaml:13:9: agents.bot.tools.send_email.whne: unknown key 'whne' (did you mean 'when'?)\n"
+    assert out.startswith("q.yaml: ok")
+
+
+def test_audit_commands_on_a_real_store(workdir: Path) -> None:
+    guard = Guard(BASE_POLICY)  # default store: .tether/tether.db here
+    session = guard.session("bot", "s1")
+    session.after_tool(session.before_tool("search", {"q": "x"}), "found")
+    session.before_tool("delete_file", {"path": "/etc"})
+    guard.session("intruder", "s2").before_tool("search", {})
+    guard.close()
+
+    code, out, _ = run("audit", "tail", "-n", "2")
+    assert code == 0 and len(out.splitlines()) == 2
+    assert "s2 #1  intruder  DENY  search({})  agent 'intruder' is not in the policy [default]" in out
+
+    code, out, _ = run("audit", "show", "s1")
+    lines = out.splitlines()
+    assert lines[0].startswith("#0   bot            session started (enforce mode")
+    assert lines[1].startswith("#1   bot            ALLOW search")
+    assert lines[2].startswith("#2   bot              result of search: found")  # indented under its decision
+    assert "DENY  delete_file" in lines[3]
+
+    code, out, _ = run("audit", "verify")
+    assert code == 0 and ": 6 events in 2 sessions: ok" in out
+
+    code, out, _ = run("audit", "export", "--format", "jsonl", "--session", "s1")
+    exported = [json.loads(line) for line in out.splitlines()]
+    assert [e["seq"] for e in exported] == [0, 1, 2, 3] and exported[1]["details"]["args"] == {"q": "x"}
+
+    store = AuditStore()
+    with store.engine.begin() as connection:
+        connection.execute(
+            events.update().where(events.c.seq == 3, events.c.session_id == "s1").values(verdict="allow")
+        )
+    code, out, err = run("audit", "verify")
+    assert code == 1
+    assert "TAMPERED: event 4 (session 's1' #3, tool.decision) was edited" in err
+    assert "FAILED (1 problems)" in out
+
+
+def test_agents_lists_policy_and_observed_agents_with_findings(workdir: Path) -> None:
+    import yaml
+
+    (workdir / "policy.yaml").write_text(yaml.safe_dump(BASE_POLICY))
+    guard = Guard("policy.yaml")
+    guard.session("bot").before_tool("search", {})
+    guard.session("bot").before_tool("delete_file", {})
+    guard.session("bot").before_tool("format_disk", {})
+    guard.session("ghost").before_tool("search", {})
+    guard.close()
+    code, out, _ = run("agents", "--policy", "policy.yaml")
+    assert code == 0
+    assert "bot  (in policy)" in out and "owner:   team@acme.example" in out
+    assert "used:    delete_file (1 deny), format_disk (1 deny), search (1 allow)" in out
+    assert "! used tools the policy does not declare: format_disk" in out
+    assert "! tried tools it is not granted: delete_file" in out
+    assert "- granted but never used: fetch_page, refund, send_email" in out
+    assert "ghost  (NOT IN POLICY)" in out and "! acted but is not in the policy" in out
+    code, out, _ = run("agents", "--policy", "policy.yaml", "--json")
+    listed = {a["name"]: a for a in json.loads(out)}
+    assert listed["ghost"]["findings"] == ["acted but is not in the policy"]
+
+
+def test_reading_commands_do_not_create_a_store(workdir: Path) -> None:
+    code, _, err = run("audit", "tail")
+    assert code == 1 and "no audit store at" in err
+    assert not (workdir / ".tether").exists()
+
+
+def test_demo_runs_without_a_terminal_and_the_timeout_denies(workdir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tether.core.cli", "demo", "--timeout", "0.2"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        cwd=workdir,
+    )
+    out = result.stdout
+    assert result.returncode == 0, result.stderr
+    assert f"Audit store (SQLite): {workdir / '.tether' / 'tether.db'}" in out
+    assert "OK allowed (granted by agents.support-bot.tools.search_kb)" in out
+    assert "NO Tether denied the call to 'send_email': support may only email acme.example addresses" in out
+    assert "?  Tether asks a person: refunds move money" in out
+    assert "no terminal to ask at; an unanswered request is denied after 0.2s" in out
+    assert "NO Tether denied the call to 'issue_refund': no approval within 0.2s" in out
+    assert "tether audit verify: 16 events, hash chains intact" in out
+    store = AuditStore(f"sqlite:///{workdir / '.tether' / 'tether.db'}", create=False)
+    verdicts = [e.verdict for e in store.events() if e.kind in ("tool.decision", "approval")]
+    assert verdicts == ["allow", "allow", "deny", "ask", "deny"]
+
+
+def test_demo_approves_at_an_interactive_prompt(workdir: Path) -> None:
+    import os
+    import pty
+
+    controller, terminal = pty.openpty()  # the demo's stdin is a real terminal
+    os.write(controller, b"y\n")  # typed ahead; the terminal holds it until the prompt reads
+    result = subprocess.run(
+        [sys.executable, "-m", "tether.core.cli", "demo"],
+        stdin=terminal,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=workdir,
+    )
+    os.close(terminal)
+    os.close(controller)
+    assert result.returncode == 0, result.stderr
+    assert "approve? [y/N] (denied after 5s)" in result.stdout
+    assert "OK allowed (approved by" in result.stdout and "refunded $120" in result.stdout
+
+
+def test_corrupt_store_url_is_a_clear_error(workdir: Path) -> None:
+    code, _, err = run("audit", "tail", "--store", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert code == 1 and "cannot open the audit store" in err
+
+
+def test_module_main(workdir: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "tether.core.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "runtime security for what AI agents do" in result.stdout
