@@ -136,3 +136,14 @@ def test_pure_runtime_agrees_or_fails_closed(source: str, args: dict[str, Any]) 
     # (it is stricter about int/double mixing) but must never answer where that one fails,
     # nor answer differently.
     assert pure == compiled or pure == "error", (source, args, compiled, pure)
+
+
+@pytest.mark.parametrize("runtime", [PURE, COMPILED] if COMPILED else [PURE], ids=lambda r: r.name)
+def test_each_runtime_runs_on_a_shared_activation_and_on_plain_variables(runtime: Any) -> None:
+    variables = {"args": {"to": "a@acme.example", "n": 3}, "session": {"tainted": False}}
+    first = runtime.compile('args.to.endsWith("@acme.example")')
+    second = runtime.compile("!session.tainted && args.n < 5")
+    shared = runtime.activation(variables)
+    assert runtime.run(first, shared) is True
+    assert runtime.run(second, shared) is True  # the same activation, used again
+    assert runtime.run(second, variables) is True

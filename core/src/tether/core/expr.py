@@ -210,6 +210,10 @@ def _has_nul_bytes(value: Any) -> bool:
     return False
 
 
+class _Converted(dict[str, Any]):
+    """Variables already converted to cel-python's types (so never converted twice)."""
+
+
 class _PureCel:
     """The pure-Python ``cel-python`` (Python 3.10, where no compiled runtime ships)."""
 
@@ -229,7 +233,7 @@ class _PureCel:
 
     def activation(self, variables: dict[str, Any]) -> Any:
         try:
-            return {name: self._convert(value) for name, value in variables.items()}
+            return _Converted({name: self._convert(value) for name, value in variables.items()})
         except (ValueError, TypeError) as exc:
             raise ConditionFailed(f"cannot pass these values to CEL: {exc}") from None
 
