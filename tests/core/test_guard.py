@@ -62,7 +62,10 @@ def test_decision_is_durable_before_before_tool_returns(guard: Guard, store: Aud
 def test_decision_chain_links_model_call_proposal_decision_and_result(guard: Guard, store: AuditStore) -> None:
     session = guard.session("bot", "s1")
     request = session.before_model([{"role": "user", "content": "find x"}], model="m")
-    response = session.after_model("calling search", tool_calls=[{"id": "c1", "name": "search"}], parent=request)
+    assert request.allowed and request.messages == [{"role": "user", "content": "find x"}]
+    response = session.after_model(
+        "calling search", tool_calls=[{"id": "c1", "name": "search"}], parent=request.event_id
+    )
     decision = session.before_tool("search", {"q": "x"}, call_id="c1", caused_by=response)
     session.after_tool(decision, {"hits": 3})
     events = store.session_events("s1")
@@ -82,6 +85,37 @@ def test_decision_chain_links_model_call_proposal_decision_and_result(guard: Gua
     chain.append(result.kind)
     assert chain == [Kind.TOOL_RESULT, Kind.TOOL_DECISION, Kind.MODEL_RESPONSE, Kind.MODEL_REQUEST]
     assert events[2].details["tool_calls"] == [{"id": "c1", "name": "search"}]
+
+
+def test_async_variants_decide_and_record_without_blocking_the_loop(guard: Guard, store: AuditStore) -> None:
+    import asyncio
+
+    async def agent(n: int) -> bool:
+        session = guard.session("bot", f"a{n}")
+        request = await session.abefore_model(["go"])
+        response = await session.aafter_model("ok", tool_calls=[{"id": "c", "name": "refund"}], parent=request.event_id)
+        decision = await session.abefore_tool("refund", {"amount": 120}, caused_by=response)
+        final = await session.aresolve(decision, approver=ScriptedApprover(ApprovalAnswer(True, "carol")))
+        await session.aafter_tool(final, "refunded")
+        return final.allowed
+
+    async def main() -> list[bool]:
+        ticks = 0
+
+        async def clock() -> None:  # keeps running while the agents wait on the store
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(clock())
+        results = await asyncio.gather(*(agent(n) for n in range(8)))
+        ticker.cancel()
+        assert ticks > 8
+        return list(results)
+
+    assert asyncio.run(main()) == [True] * 8
+    assert len(list(store.events())) == 8 * 6  # start, request, response, decision, approval, result
 
 
 def test_denied_call_explains_itself(guard: Guard) -> None:
@@ -129,6 +163,15 @@ def test_refusal_and_timeout_deny(guard: Guard, answer: ApprovalAnswer | None, r
     final = session.resolve(session.before_tool("refund", {"amount": 120}), approver=ScriptedApprover(answer))
     assert not final.allowed
     assert final.reason == reason
+
+
+def test_an_approvers_comment_is_stored_redacted(guard: Guard, store: AuditStore) -> None:
+    token = "ghp_" + "Z" * 36
+    session = guard.session("bot", "c1")
+    answer = ApprovalAnswer(False, "dave", f"no: the token {token} is revoked")
+    final = session.resolve(session.before_tool("refund", {"amount": 120}), approver=ScriptedApprover(answer))
+    assert final.reason.startswith("denied by dave: no: the token [github_token:")
+    assert token not in "".join(e.data for e in store.events())
 
 
 def test_no_approver_or_a_broken_one_denies(guard: Guard) -> None:

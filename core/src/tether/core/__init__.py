@@ -18,7 +18,7 @@ from .approvals import ApprovalAnswer, ApprovalRequest, Approver, ConsoleApprove
 from .audit import AuditEvent, AuditStore
 from .decision import Decision, Enforcement, ToolCall
 from .errors import PolicyError, PolicyIssue, StoreError, TetherError, ToolDenied, UnsupportedValueError
-from .guard import Guard, Session
+from .guard import Guard, ModelRequest, Session
 from .policy import CompiledPolicy, Effect, Mode, Policy, Trust, Verdict, compile_policy, parse_policy, read_policy
 
 
@@ -40,6 +40,7 @@ __all__ = [
     "Enforcement",
     "Guard",
     "Mode",
+    "ModelRequest",
     "Policy",
     "PolicyError",
     "PolicyIssue",

@@ -61,7 +61,7 @@ def run_demo(store: str | None, *, timeout: float | None = None, interactive: bo
     messages: list[dict[str, Any]] = [{"role": "user", "content": "Please handle ticket #4821."}]
     for thought, tool, args, output in _SCRIPT:
         request = session.before_model(messages, model="scripted-demo-model")
-        proposal = session.after_model(thought, tool_calls=[{"id": tool, "name": tool}], parent=request)
+        proposal = session.after_model(thought, tool_calls=[{"id": tool, "name": tool}], parent=request.event_id)
         say(f"agent: {thought}\n  -> {tool}({_args(args)})")
         decision = session.before_tool(tool, args, call_id=tool, caused_by=proposal)
         if decision.needs_approval:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .approvals import ApprovalAnswer, ApprovalRequest, Approver
@@ -28,6 +30,16 @@ _MAX_SESSIONS = 10_000  # sessions kept in memory; older ones are rebuilt from t
 
 def _new_id() -> str:
     return os.urandom(16).hex()  # as unique as a UUID4, without building a UUID object
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """The answer to :meth:`Session.before_model`."""
+
+    event_id: str  # pass as ``parent`` to :meth:`Session.after_model`
+    messages: Any  # what to send the model
+    allowed: bool = True
+    reason: str = ""
 
 
 class Guard:
@@ -131,21 +143,12 @@ class Session:
     def _before_tool(self, call: ToolCall) -> Decision:
         now = time.time()
         plain, ruling = self._readable(call.args)
+        shown = preview(plain, self.guard.store.key)  # needs no session state: outside the lock
         with self._state.lock:
             self._load()
             if ruling is None:
-                ruling = decide(
-                    self.guard.policy,
-                    self._state,
-                    self.agent,
-                    call.tool,
-                    plain,
-                    user=self.user,
-                    tenant=self.tenant,
-                    now=now,
-                )
+                ruling = self._rule_on(call.tool, plain, now)
             decision = self._decision(call, ruling)
-            shown = preview(plain, self.guard.store.key)
             event = self._event(
                 Kind.TOOL_DECISION,
                 now,
@@ -175,6 +178,10 @@ class Session:
         if ruling.error:
             log.error("Tether denied %s to stay safe: %s", call.tool, ruling.error)
         return decision
+
+    def _rule_on(self, tool: str, plain: dict[str, Plain], now: float) -> Ruling:
+        return decide(self.guard.policy, self._state, self.agent, tool, plain, user=self.user, tenant=self.tenant,
+                      now=now)  # fmt: skip
 
     def _readable(self, args: Mapping[str, Any]) -> tuple[dict[str, Plain], Ruling | None]:
         """Arguments as plain data, or a denial saying why Tether cannot read them."""
@@ -221,6 +228,7 @@ class Session:
         decision = self._failed(call, message)
         try:
             with self._state.lock:
+                self._load()
                 self._write(
                     self._event(
                         Kind.TOOL_DECISION,
@@ -292,23 +300,15 @@ class Session:
         edited: Preview | None = None
         with self._state.lock:
             self._load()
+            comment = _shown(answer.comment, "comment", self.guard.store.key).value if answer and answer.comment else ""
             if answer is not None and not answer.approved:
-                reason = f"denied by {answer.approver}" + (f": {answer.comment}" if answer.comment else "")
+                reason = f"denied by {answer.approver}" + (f": {comment!s}" if comment else "")
             elif answer is not None:
                 verdict, reason = Verdict.ALLOW, f"approved by {answer.approver}"
                 if answer.args is not None:
                     plain, unreadable = self._readable(answer.args)
                     edited = preview(plain, self.guard.store.key)
-                    recheck = unreadable or decide(
-                        self.guard.policy,
-                        self._state,
-                        self.agent,
-                        call.tool,
-                        plain,
-                        user=self.user,
-                        tenant=self.tenant,
-                        now=now,
-                    )
+                    recheck = unreadable or self._rule_on(call.tool, plain, now)
                     if recheck.verdict is Verdict.DENY:
                         verdict, reason = Verdict.DENY, f"edited arguments rejected: {recheck.reason}"
                         rule_ids = recheck.rule_ids
@@ -318,7 +318,7 @@ class Session:
                 "call_id": call.call_id,
                 "approved": answer.approved if answer else None,
                 "approver": answer.approver if answer else None,
-                "comment": _safe_text(answer.comment, self.guard.store.key) if answer and answer.comment else None,
+                "comment": comment or None,
                 "reason": reason,
                 "rule_ids": list(rule_ids),
                 "edited_args": edited.value if edited else None,
@@ -356,17 +356,14 @@ class Session:
         tool = self.guard.policy.policy.tools.get(decision.call.tool)
         untrusted = tool is None or tool.output is Trust.UNTRUSTED
         key = self.guard.store.key
-        try:
-            shown = preview(to_plain(output, "output"), key)
-        except UnsupportedValueError:
-            shown = preview(clean_str(str(output)), key)
+        shown = _shown(output, "output", key)
         details = {
             "call_id": decision.call.call_id,
             "output": shown.value,
             "output_fp": shown.fingerprint,
             "labels": sorted(shown.labels),
             "untrusted": untrusted,
-            "error": _safe_text(str(error), key) if error is not None else None,
+            "error": _shown(str(error), "error", key).value if error is not None else None,
         }
         with self._state.lock:
             self._load()
@@ -381,26 +378,24 @@ class Session:
 
     # -- models ------------------------------------------------------------------------------
 
-    def before_model(self, messages: Any, *, model: str | None = None, parent: str | None = None) -> str:
-        """Record a model request; return its audit event id (the parent of its response)."""
-        return self._record_model(Kind.MODEL_REQUEST, parent, {"model": model}, "messages", messages)
+    def before_model(self, messages: Any, *, model: str | None = None, parent: str | None = None) -> ModelRequest:
+        """Record a model request. Send the model ``result.messages`` (today the same object;
+        data-protection rules may rewrite it) and only if ``result.allowed``."""
+        event_id = self._record_model(Kind.MODEL_REQUEST, parent, {"model": model}, "messages", messages)
+        return ModelRequest(event_id, messages)
 
     def after_model(
         self, response: Any, *, tool_calls: Sequence[Mapping[str, Any]] = (), parent: str | None = None
     ) -> str:
-        """Record a model response and the tool calls it proposes; return its event id.
-
-        Pass that id as ``caused_by`` to :meth:`before_tool` to link each call to its proposal.
+        """Record a model response and the tool calls it proposes (``{"id", "name"}`` each);
+        ``parent`` is the request's ``event_id``. Returns the response's event id: pass it as
+        ``caused_by`` to :meth:`before_tool` to link each call to the response that proposed it.
         """
         proposed = [{"id": c.get("id"), "name": c.get("name")} for c in tool_calls]
         return self._record_model(Kind.MODEL_RESPONSE, parent, {"tool_calls": proposed}, "response", response)
 
     def _record_model(self, kind: str, parent: str | None, details: dict[str, Any], name: str, content: Any) -> str:
-        key = self.guard.store.key
-        try:
-            shown = preview(to_plain(content, name), key)
-        except UnsupportedValueError:
-            shown = preview(clean_str(str(content)), key)
+        shown = _shown(content, name, self.guard.store.key)
         details.update({name: shown.value, f"{name}_fp": shown.fingerprint, "labels": sorted(shown.labels)})
         with self._state.lock:
             self._load()
@@ -408,6 +403,36 @@ class Session:
             self._write(event)
             self._state.labels.update(shown.labels)
         return event.event_id
+
+    # -- async -------------------------------------------------------------------------------
+    # The same operations for event loops: each runs in a worker thread, so an audit write or a
+    # wait for approval never blocks the loop (and concurrent sessions share commits).
+
+    async def abefore_tool(
+        self, tool: str, args: Mapping[str, Any] | None = None, *, call_id: str | None = None,
+        caused_by: str | None = None,
+    ) -> Decision:  # fmt: skip
+        return await asyncio.to_thread(self.before_tool, tool, args, call_id=call_id, caused_by=caused_by)
+
+    async def aresolve(self, decision: Decision, *, approver: Approver | None = None) -> Decision:
+        if not decision.needs_approval:
+            return decision
+        return await asyncio.to_thread(self.resolve, decision, approver=approver)
+
+    async def aafter_tool(
+        self, decision: Decision, output: Any = None, *, error: BaseException | str | None = None
+    ) -> Any:
+        return await asyncio.to_thread(self.after_tool, decision, output, error=error)
+
+    async def abefore_model(
+        self, messages: Any, *, model: str | None = None, parent: str | None = None
+    ) -> ModelRequest:
+        return await asyncio.to_thread(self.before_model, messages, model=model, parent=parent)
+
+    async def aafter_model(
+        self, response: Any, *, tool_calls: Sequence[Mapping[str, Any]] = (), parent: str | None = None
+    ) -> str:
+        return await asyncio.to_thread(self.after_model, response, tool_calls=tool_calls, parent=parent)
 
     # -- audit plumbing ----------------------------------------------------------------------
 
@@ -455,5 +480,9 @@ class Session:
         self._state.events += len(batch)
 
 
-def _safe_text(text: str, key: bytes) -> Any:
-    return preview(clean_str(text), key).value
+def _shown(value: Any, name: str, key: bytes) -> Preview:
+    """A storable preview of anything a tool or model produced; what is not plain data is shown as text."""
+    try:
+        return preview(to_plain(value, name), key)
+    except UnsupportedValueError:
+        return preview(clean_str(str(value)), key)
