@@ -187,6 +187,19 @@ def test_no_approver_or_a_broken_one_denies(guard: Guard) -> None:
     assert not final.allowed and "pager down" in final.reason
 
 
+def test_an_answer_from_elsewhere_settles_a_decision(guard: Guard, store: AuditStore) -> None:
+    session = guard.session("bot", "ext")
+    asked = session.before_tool("refund", {"amount": 120})
+    final = session.settle(asked, ApprovalAnswer(True, "ops via chat", args={"amount": 80}))
+    assert final.allowed and final.args == {"amount": 80} and final.approved_by == "ops via chat"
+    assert (
+        session.settle(session.before_tool("refund", {"amount": 120}), None, unanswered="the run was cancelled").reason
+        == "the run was cancelled"
+    )
+    assert session.settle(final, None) is final  # nothing to settle
+    assert [e.verdict for e in store.session_events("ext") if e.kind == "approval"] == ["allow", "deny"]
+
+
 def test_edited_arguments_are_rechecked(guard: Guard) -> None:
     session = guard.session("bot")
     asked = session.before_tool("refund", {"amount": 120})

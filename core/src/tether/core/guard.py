@@ -287,8 +287,16 @@ class Session:
             except Exception as exc:
                 log.exception("approver failed")
                 why = f"the approver failed: {type(exc).__name__}: {exc}"
+        return self.settle(decision, answer, unanswered=why)
+
+    def settle(self, decision: Decision, answer: ApprovalAnswer | None, *, unanswered: str = "no answer") -> Decision:
+        """Settle a decision that needs approval with an answer obtained elsewhere, such as a
+        framework's own pause and resume. ``None`` (no answer) denies, saying ``unanswered``.
+        The answer is recorded in the audit; edited arguments are decided again."""
+        if not decision.needs_approval:
+            return decision
         try:
-            return self._settle(decision, answer, why)
+            return self._settle(decision, answer, unanswered)
         except Exception as exc:
             log.exception("Tether failed while settling an approval for %s", decision.call.tool)
             return self._failed(decision.call, f"Tether failed while settling the approval: {exc}")
@@ -418,6 +426,11 @@ class Session:
         if not decision.needs_approval:
             return decision
         return await asyncio.to_thread(self.resolve, decision, approver=approver)
+
+    async def asettle(
+        self, decision: Decision, answer: ApprovalAnswer | None, *, unanswered: str = "no answer"
+    ) -> Decision:
+        return await asyncio.to_thread(self.settle, decision, answer, unanswered=unanswered)
 
     async def aafter_tool(
         self, decision: Decision, output: Any = None, *, error: BaseException | str | None = None
