@@ -118,6 +118,16 @@ def test_async_variants_decide_and_record_without_blocking_the_loop(guard: Guard
     assert len(list(store.events())) == 8 * 6  # start, request, response, decision, approval, result
 
 
+def test_framework_context_is_recorded_with_each_event(guard: Guard, store: AuditStore) -> None:
+    session = guard.session("researcher", "run-1", context={"crew": "research", "task": "mail dana@x.example"})
+    session.after_tool(session.before_tool("search", {}), "done")
+    events = store.session_events("run-1")
+    assert {e.kind for e in events} == {"session.start", "tool.decision", "tool.result"}
+    for event in events:
+        assert event.details["context"]["crew"] == "research"
+        assert event.details["context"]["task"].startswith("mail [email:")  # redacted like everything else
+
+
 def test_denied_call_explains_itself(guard: Guard) -> None:
     decision = guard.session("bot").before_tool("send_email", {"to": "x@evil.example"})
     assert not decision.allowed

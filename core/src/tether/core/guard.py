@@ -66,16 +66,24 @@ class Guard:
         self._lock = threading.Lock()
 
     def session(
-        self, agent: str, session_id: str | None = None, *, user: str | None = None, tenant: str | None = None
+        self,
+        agent: str,
+        session_id: str | None = None,
+        *,
+        user: str | None = None,
+        tenant: str | None = None,
+        context: Mapping[str, str] | None = None,
     ) -> Session:
         """A handle for ``agent`` acting in session ``session_id`` (a new id when omitted).
 
         Several agents of one run share a session (and its taint) by passing the same id.
+        ``context`` is what the framework knows about where the agent acts (crew, task, graph
+        node...); it is recorded with each of this handle's events.
         """
         if not agent:
             raise TetherError("a session needs the name of the agent acting in it")
         session_id = session_id or _new_id()
-        return Session(self, self._state(session_id), agent, user, tenant)
+        return Session(self, self._state(session_id), agent, user, tenant, dict(context or {}))
 
     def _state(self, session_id: str) -> SessionState:
         with self._lock:
@@ -102,11 +110,21 @@ class Guard:
 class Session:
     """One agent in one session. Thread-safe: parallel tool calls of a session are serialised."""
 
-    def __init__(self, guard: Guard, state: SessionState, agent: str, user: str | None, tenant: str | None) -> None:
+    def __init__(
+        self,
+        guard: Guard,
+        state: SessionState,
+        agent: str,
+        user: str | None,
+        tenant: str | None,
+        context: dict[str, str] | None = None,
+    ) -> None:
         self.guard = guard
         self.agent = agent
         self.user = user
         self.tenant = tenant
+        self.context = context or {}
+        self._context_shown = preview(to_plain(self.context, "context"), guard.store.key).value if context else None
         self._state = state
         self._loaded = state.events > 0
 
@@ -467,6 +485,8 @@ class Session:
         details: dict[str, Any],
         event_id: str | None = None,
     ) -> NewEvent:
+        if self._context_shown is not None:
+            details = {**details, "context": self._context_shown}
         return NewEvent(
             event_id or _new_id(),
             int(now * 1_000_000),
