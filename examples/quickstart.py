@@ -8,7 +8,7 @@ audit trail land in .tether/tether.db (see them with `tether audit tail`).
 
 from pathlib import Path
 
-from tether.core import ConsoleApprover, Guard
+from tether.core import AuditStore, Guard, QueueApprover
 
 
 def send_email(to: str, subject: str, body: str) -> str:
@@ -16,14 +16,15 @@ def send_email(to: str, subject: str, body: str) -> str:
 
 
 TOOLS = {"send_email": send_email}
-guard = Guard(Path(__file__).with_name("policy.yaml"), approver=ConsoleApprover())
+store = AuditStore()
+guard = Guard(Path(__file__).with_name("policy.yaml"), store=store, approver=QueueApprover(store, prompt=True))
 session = guard.session(agent="office-assistant", session_id="quickstart", user="alice@acme.example")
 
 
 def call(tool: str, **args: object) -> object:
     decision = session.before_tool(tool, args)
     if decision.needs_approval:
-        decision = session.resolve(decision)  # asks at the terminal; no answer in time is a denial
+        decision = session.resolve(decision)  # asks here or via `tether approvals`; no answer in time denies
     if not decision.allowed:
         return decision.refusal()  # what the agent reads instead of the tool's output
     result = TOOLS[tool](**decision.args)

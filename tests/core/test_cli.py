@@ -130,12 +130,21 @@ def test_demo_runs_without_a_terminal_and_the_timeout_denies(workdir: Path) -> N
     assert "OK allowed (granted by agents.support-bot.tools.search_kb)" in out
     assert "NO Tether denied the call to 'send_email': support may only email acme.example addresses" in out
     assert "?  Tether asks a person: refunds move money" in out
-    assert "no terminal to ask at; an unanswered request is denied after 0.2s" in out
+    assert "waits 0s; answer from another terminal: tether approvals approve" in out
     assert "NO Tether denied the call to 'issue_refund': no approval within 0.2s" in out
     assert "tether audit verify: 16 events, hash chains intact" in out
     store = AuditStore(f"sqlite:///{workdir / '.tether' / 'tether.db'}", create=False)
     verdicts = [e.verdict for e in store.events() if e.kind in ("tool.decision", "approval")]
     assert verdicts == ["allow", "allow", "deny", "ask", "deny"]
+    assert (
+        "expired"
+        in subprocess.run(
+            [sys.executable, "-m", "tether.core.cli", "approvals", "list", "--all"],
+            capture_output=True,
+            text=True,
+            cwd=workdir,
+        ).stdout
+    )
 
 
 def test_demo_approves_at_an_interactive_prompt(workdir: Path) -> None:
@@ -155,7 +164,7 @@ def test_demo_approves_at_an_interactive_prompt(workdir: Path) -> None:
     os.close(terminal)
     os.close(controller)
     assert result.returncode == 0, result.stderr
-    assert "approve? [y/N] (denied after 5s)" in result.stdout
+    assert "approve? [y/N] (request " in result.stdout
     assert "OK allowed (approved by" in result.stdout and "refunded $120" in result.stdout
 
 

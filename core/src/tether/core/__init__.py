@@ -15,6 +15,7 @@ else:
 """
 
 from .approvals import ApprovalAnswer, ApprovalRequest, Approver, ConsoleApprover
+from .approvals.queue import ApprovalError, ApprovalQueue, QueueApprover
 from .audit import AuditEvent, AuditStore
 from .decision import Decision, Enforcement, ToolCall
 from .errors import PolicyError, PolicyIssue, StoreError, TetherError, ToolDenied, UnsupportedValueError
@@ -29,6 +30,8 @@ def load_policy(source: object) -> CompiledPolicy:
 
 __all__ = [
     "ApprovalAnswer",
+    "ApprovalError",
+    "ApprovalQueue",
     "ApprovalRequest",
     "Approver",
     "AuditEvent",
@@ -44,6 +47,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "PolicyIssue",
+    "QueueApprover",
     "Session",
     "StoreError",
     "TetherError",

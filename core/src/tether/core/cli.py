@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -10,6 +11,10 @@ from typing import Any
 
 import click
 
+from .approvals import FOR_SESSION, ONCE
+from .approvals.queue import PENDING, ApprovalQueue
+from .approvals.render import approval_details, approval_line
+from .approvals.terminal import whoami
 from .audit import AuditStore, verify
 from .audit.render import session_lines, tail_line
 from .errors import PolicyError, TetherError
@@ -145,6 +150,127 @@ def export(store: str | None, fmt: str, session_id: str | None, output: Any) -> 
     """Export events, one JSON object per line, with their hashes."""
     for event in _open(store).events(session_id=session_id):
         output.write(json.dumps(event.as_dict(), ensure_ascii=False, sort_keys=True) + "\n")
+
+
+@main.group()
+def approvals() -> None:
+    """List and answer pending approval requests (from any process sharing the store)."""
+
+
+@approvals.command(name="list")
+@_STORE
+@click.option("--all", "everything", is_flag=True, help="Answered and expired requests too.")
+def approvals_list(store: str | None, everything: bool) -> None:
+    """Pending requests, newest first."""
+    entries = ApprovalQueue(_open(store)).entries(status=None if everything else PENDING)
+    if not entries:
+        click.echo("no pending approval requests" if not everything else "no approval requests")
+    for entry in entries:
+        click.echo(approval_line(entry))
+
+
+@approvals.command(name="show")
+@click.argument("approval_id")
+@_STORE
+def approvals_show(approval_id: str, store: str | None) -> None:
+    """A request with its context: arguments, reason, data labels, what untrusted content preceded it."""
+    audit_store = _open(store)
+    entry = ApprovalQueue(audit_store).get(approval_id)
+    if entry is None:
+        raise click.ClickException(f"no approval request {approval_id!r}")
+    for line in approval_details(entry, audit_store.session_events(entry.session_id)):
+        click.echo(line)
+
+
+_ANSWERER = click.option(
+    "--as",
+    "by",
+    envvar="TETHER_APPROVER",
+    default=whoami,
+    show_default="you",
+    help="Who answers (as named in the policy's approver groups); $TETHER_APPROVER.",
+)
+_COMMENT = click.option("--comment", default="", help="Why (recorded in the audit).")
+
+
+@approvals.command(name="approve")
+@click.argument("approval_id")
+@_STORE
+@_ANSWERER
+@_COMMENT
+@click.option("--args", "edited", help="Run with these arguments instead (a JSON object); the policy re-checks them.")
+@click.option(
+    "--for-session", is_flag=True, help="Approve this tool for the rest of the session, if the policy allows."
+)
+def approvals_approve(
+    approval_id: str, store: str | None, by: str, comment: str, edited: str | None, for_session: bool
+) -> None:
+    """Approve a pending request."""
+    try:
+        args = json.loads(edited) if edited is not None else None
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"--args is not JSON: {exc}") from None
+    _answer(
+        store, approval_id, approved=True, by=by, comment=comment, args=args, scope=FOR_SESSION if for_session else ONCE
+    )
+
+
+@approvals.command(name="deny")
+@click.argument("approval_id")
+@_STORE
+@_ANSWERER
+@_COMMENT
+def approvals_deny(approval_id: str, store: str | None, by: str, comment: str) -> None:
+    """Deny a pending request."""
+    _answer(store, approval_id, approved=False, by=by, comment=comment)
+
+
+def _answer(store: str | None, approval_id: str, **answer: Any) -> None:
+    try:
+        entry = ApprovalQueue(_open(store)).answer(approval_id, **answer)
+    except TetherError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{entry.status} {entry.id}: {entry.agent} -> {entry.tool} (by {entry.answered_by})")
+
+
+@main.command()
+@_STORE
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8765, show_default=True, help="Port (0: any free port).")
+@click.option(
+    "--token",
+    "tokens",
+    multiple=True,
+    envvar="TETHER_SERVE_TOKENS",
+    metavar="[NAME=]TOKEN",
+    help="Sign-in token: NAME=TOKEN names its holder, a bare TOKEN is shared (people give their "
+    "name). Repeatable; $TETHER_SERVE_TOKENS (space-separated). Default: a new shared token.",
+)
+def serve(store: str | None, host: str, port: int, tokens: tuple[str, ...]) -> None:
+    """Serve a web page to answer approval requests (sign-in required)."""
+    from .approvals.web import ApprovalSite
+
+    known: dict[str, str | None] = {}
+    for given in tokens:
+        name, _, token = given.rpartition("=") if "=" in given else ("", "", given)
+        if len(token) < 16:
+            raise click.ClickException("a token needs at least 16 characters")
+        known[token] = name or None
+    if not known:
+        shared = secrets.token_urlsafe(24)
+        known[shared] = None
+        click.echo(f"sign-in token (shared; people give their name): {shared}")
+    site = ApprovalSite(_open(store), known)
+    server = site.serve(host, port)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {host} without TLS; put the page behind a TLS proxy", err=True)
+    click.echo(f"approvals: http://{host}:{server.server_port}/  (store {site.store.location}); Ctrl-C stops")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 @main.command()

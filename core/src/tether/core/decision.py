@@ -43,6 +43,8 @@ class Ruling(NamedTuple):  # a tuple: built on every decision, so cheap to build
     rule_ids: tuple[str, ...]
     redact: tuple[str, ...] = ()
     error: str | None = None
+    approvers: frozenset[str] | None = None  # for ask: who may approve (None: anyone)
+    for_session: bool = False  # for ask: may be approved for the rest of the session
 
 
 class Enforcement(str, enum.Enum):
@@ -69,6 +71,8 @@ class Decision:
     event_id: str | None = None  # the audit event recording this decision
     approval_timeout: float | None = None
     approved_by: str | None = field(default=None)
+    approvers: frozenset[str] | None = None  # who may approve, when approval is needed (None: anyone)
+    for_session: bool = False  # whether an approver may approve such calls for the rest of the session
 
     @property
     def allowed(self) -> bool:
@@ -166,13 +170,23 @@ def _rule(policy: CompiledPolicy, plan: Plan, conditions: _Conditions, state: Se
     redacts = [rule for rule in plan.redacts if conditions.holds(rule)]
     fields = tuple(dict.fromkeys(f for rule in redacts for f in rule.redact))
     if grant is None:
-        return Ruling(Verdict.ASK, ungranted.reason, ungranted.rule_ids + tuple(r.id for r in asks), fields)
+        return _ask(ungranted.reason, ungranted.rule_ids, asks, fields)
     if asks:
-        return Ruling(Verdict.ASK, "; ".join(r.reason for r in asks), tuple(r.id for r in asks), fields)
+        return _ask("; ".join(r.reason for r in asks), (), asks, fields)
     if redacts:
         reason = f"{grant.reason}; arguments redacted: {', '.join(fields)}"
         return Ruling(Verdict.REDACT, reason, (grant.id, *(r.id for r in redacts)), fields)
     return Ruling(Verdict.ALLOW, grant.reason, (grant.id,))
+
+
+def _ask(reason: str, rule_ids: tuple[str, ...], asks: list[CompiledRule], fields: tuple[str, ...]) -> Ruling:
+    """An ask: whoever approves must be allowed by every ask rule that matched."""
+    approvers: frozenset[str] | None = None
+    for rule in asks:
+        if rule.approvers is not None:
+            approvers = rule.approvers if approvers is None else approvers & rule.approvers
+    for_session = bool(asks) and all(rule.for_session for rule in asks)
+    return Ruling(Verdict.ASK, reason, rule_ids + tuple(r.id for r in asks), fields, None, approvers, for_session)
 
 
 def _not_granted(plan: Plan) -> Ruling:

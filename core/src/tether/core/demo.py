@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-from .approvals import ConsoleApprover
+from .approvals.queue import Entry, QueueApprover
+from .approvals.terminal import describe, is_tty
 from .audit import AuditStore, verify
 from .audit.render import session_lines
 from .guard import Guard
@@ -49,11 +50,9 @@ def run_demo(store: str | None, *, timeout: float | None = None, interactive: bo
     policy = read_policy(POLICY)[0]
     if timeout is not None:
         policy = policy.model_copy(update={"approvals": Approvals(timeout=timeout)})
-    guard = Guard(
-        policy,
-        store=audit_store,
-        approver=ConsoleApprover(stdout=sys.stdout, interactive=interactive),
-    )
+    prompt = interactive if interactive is not None else is_tty(sys.stdin)
+    approver = QueueApprover(audit_store, prompt=prompt, notify=[lambda entry: _announce(entry, prompt)])
+    guard = Guard(policy, store=audit_store, approver=approver)
     session = guard.session("support-bot", f"demo-{uuid.uuid4().hex[:8]}", user="dana@customer.example")
     say = click.echo
     say(f"Tether demo: a support agent answers ticket #4821 under {POLICY.name}")
@@ -83,6 +82,17 @@ def run_demo(store: str | None, *, timeout: float | None = None, interactive: bo
     say(f"\ntether audit verify: {report.events} events, hash chains {status}")
     say(f"Explore: tether audit show {session.id} | tether agents --policy {POLICY} | tether audit verify")
     guard.close()
+
+
+def _announce(entry: Entry, prompt: bool) -> None:
+    """Tell the person at the terminal what waits, and how to answer from elsewhere."""
+    seconds = max(0, (entry.expires_us - entry.created_us) // 1_000_000)
+    click.echo(describe(entry.agent, entry.tool, entry.request["args"], entry.request["reason"]), nl=False)
+    where = "here or " if prompt else ""
+    click.echo(
+        f"    request {entry.id} waits {seconds}s; answer {where}from another terminal:"
+        f" tether approvals approve {entry.id}  (or deny)"
+    )
 
 
 def _args(args: dict[str, Any]) -> str:

@@ -17,10 +17,11 @@ from .audit.events import Kind, NewEvent
 from .audit.store import AuditStore
 from .decision import ERROR_RULE, Decision, Enforcement, Ruling, ToolCall, decide, redact_args
 from .errors import StoreError, TetherError, UnsupportedValueError
+from .keys import fingerprint
 from .policy.compile import CompiledPolicy, compile_policy
 from .policy.loader import read_policy
 from .policy.schema import Mode, Policy, Trust, Verdict
-from .redact import Preview, preview
+from .redact import Preview, mask, preview
 from .state import SessionState
 from .values import Plain, canonical_json, clean_str, to_plain
 
@@ -198,8 +199,9 @@ class Session:
         return decision
 
     def _rule_on(self, tool: str, plain: dict[str, Plain], now: float) -> Ruling:
-        return decide(self.guard.policy, self._state, self.agent, tool, plain, user=self.user, tenant=self.tenant,
-                      now=now)  # fmt: skip
+        return decide(
+            self.guard.policy, self._state, self.agent, tool, plain, user=self.user, tenant=self.tenant, now=now
+        )
 
     def _readable(self, args: Mapping[str, Any]) -> tuple[dict[str, Plain], Ruling | None]:
         """Arguments as plain data, or a denial saying why Tether cannot read them."""
@@ -227,6 +229,8 @@ class Session:
             ruling.error,
             _new_id(),
             self.guard.policy.approval_timeout,
+            approvers=ruling.approvers,
+            for_session=ruling.for_session,
         )
 
     def _failed(self, call: ToolCall, message: str) -> Decision:
@@ -283,6 +287,12 @@ class Session:
         if not decision.needs_approval:
             return decision
         approver = approver or self.guard.approver
+        plain = self._readable(decision.args)[0]
+        key = self.guard.store.key
+        with self._state.lock:
+            self._load()
+            provenance = tuple({"tool": t, "event_id": e} for t, e in self._state.untrusted_sources())
+            labels = tuple(sorted(self._state.labels))
         request = ApprovalRequest(
             decision.event_id,
             self.agent,
@@ -290,10 +300,15 @@ class Session:
             self.user,
             self.tenant,
             decision.call.tool,
-            preview(self._readable(decision.args)[0], self.guard.store.key).value,
+            preview(plain, key).value,
             decision.reason,
             decision.rule_ids,
             decision.approval_timeout or self.guard.policy.approval_timeout,
+            call_key=fingerprint(key, canonical_json([self.id, self.agent, decision.call.tool, plain]).encode()),
+            labels=labels,
+            provenance=provenance,
+            approvers=decision.approvers,
+            for_session=decision.for_session,
         )
         answer: ApprovalAnswer | None = None
         why = f"no approval within {request.timeout:g}s"
@@ -326,7 +341,7 @@ class Session:
         edited: Preview | None = None
         with self._state.lock:
             self._load()
-            comment = _shown(answer.comment, "comment", self.guard.store.key).value if answer and answer.comment else ""
+            comment = mask(clean_str(answer.comment), self.guard.store.key) if answer and answer.comment else ""
             if answer is not None and not answer.approved:
                 reason = f"denied by {answer.approver}" + (f": {comment!s}" if comment else "")
             elif answer is not None:
@@ -347,6 +362,7 @@ class Session:
                 "comment": comment or None,
                 "reason": reason,
                 "rule_ids": list(rule_ids),
+                "scope": answer.scope if answer and answer.approved else None,
                 "edited_args": edited.value if edited else None,
                 "edited_args_fp": edited.fingerprint if edited else None,
             }
@@ -398,7 +414,7 @@ class Session:
             )
             self._write(event)
             if untrusted:
-                self._state.record_untrusted(decision.call.tool)
+                self._state.record_untrusted(decision.call.tool, event.event_id)
             self._state.labels.update(shown.labels)
         return output
 
@@ -435,9 +451,13 @@ class Session:
     # wait for approval never blocks the loop (and concurrent sessions share commits).
 
     async def abefore_tool(
-        self, tool: str, args: Mapping[str, Any] | None = None, *, call_id: str | None = None,
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        call_id: str | None = None,
         caused_by: str | None = None,
-    ) -> Decision:  # fmt: skip
+    ) -> Decision:
         return await asyncio.to_thread(self.before_tool, tool, args, call_id=call_id, caused_by=caused_by)
 
     async def aresolve(self, decision: Decision, *, approver: Approver | None = None) -> Decision:

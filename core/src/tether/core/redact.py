@@ -91,6 +91,16 @@ def _text(text: str, key: bytes, labels: set[str]) -> str:
     return shown + f"…[{len(text)} chars]" if len(text) > pos else shown
 
 
+def mask(text: str, key: bytes) -> str:
+    """``text`` whole, with every sensitive span masked (for short free text: comments, reasons)."""
+    parts, pos = [], 0
+    for found in scan(text):
+        parts += [text[pos : found.start], _mask(found.kind, text[found.start : found.end], key)]
+        pos = found.end
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
 def _mask(kind: str, secret: str, key: bytes) -> str:
     tag = fingerprint(key, secret.encode("utf-8", "surrogatepass"))
     if kind == "email":  # keep the domain: where data goes is what an investigator needs

@@ -28,6 +28,7 @@ class SessionState:
         self.lock = threading.RLock()
         self.events = 0  # events written so far (0: the session is new)
         self.tainted_by: list[str] = []  # untrusted tools whose output entered the session
+        self._untrusted: list[tuple[str, str]] = []  # (tool, audit event) for each such output
         self.labels: set[str] = set()
         self._rate_window = rate_window
         self._calls: dict[tuple[str, str | None], _Calls] = {}
@@ -57,9 +58,15 @@ class SessionState:
             if self._rate_window:
                 entry.times.append(at)
 
-    def record_untrusted(self, tool: str) -> None:
+    def record_untrusted(self, tool: str, event_id: str | None = None) -> None:
         if tool not in self.tainted_by:
             self.tainted_by.append(tool)
+        if event_id is not None:
+            self._untrusted.append((tool, event_id))
+
+    def untrusted_sources(self, last: int = 20) -> list[tuple[str, str]]:
+        """The most recent untrusted outputs: (tool, audit event id)."""
+        return self._untrusted[-last:]
 
     def cel_value(
         self, agent: str, user: str | None, tenant: str | None, fields: frozenset[str] | None = None
@@ -79,7 +86,7 @@ class SessionState:
                 self.record_call(call[0], call[1], event.ts_us / 1e6)
             tool = untrusted_output(event)
             if tool is not None:
-                self.record_untrusted(tool)
+                self.record_untrusted(tool, event.event_id)
 
 
 _SESSION_FIELDS: dict[str, Callable[[SessionState, str, str | None, str | None], Any]] = {

@@ -24,8 +24,22 @@ _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 def event_hash(key: bytes, event: NewEvent, seq: int, prev_hash: str, log_prev: str) -> str:
     # A JSON array encodes the fields unambiguously (no two field lists give the same text).
-    message = _ENCODE([
-        event.event_id, event.ts_us, event.session_id, seq, event.kind, event.agent, event.user_id,
-        event.tenant, event.tool, event.parent_id, event.verdict, event.data, prev_hash, log_prev,
-    ])  # fmt: skip
+    message = _ENCODE(
+        [
+            event.event_id,
+            event.ts_us,
+            event.session_id,
+            seq,
+            event.kind,
+            event.agent,
+            event.user_id,
+            event.tenant,
+            event.tool,
+            event.parent_id,
+            event.verdict,
+            event.data,
+            prev_hash,
+            log_prev,
+        ]
+    )
     return hashlib.blake2b(message.encode("utf-8", "surrogatepass"), key=mac_key(key), digest_size=32).hexdigest()

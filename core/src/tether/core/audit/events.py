@@ -16,7 +16,8 @@ class Kind:
     MODEL_REQUEST = "model.request"
     MODEL_RESPONSE = "model.response"
     TOOL_DECISION = "tool.decision"
-    APPROVAL = "approval"
+    APPROVAL = "approval"  # the agent applied an answer (or a timeout) to its call
+    APPROVAL_ANSWER = "approval.answer"  # a person answered a queued request
     TOOL_RESULT = "tool.result"
 
 

@@ -36,6 +36,11 @@ def summary(event: AuditEvent) -> str:
     if event.kind == Kind.APPROVAL:
         verb = "APPROVED" if event.verdict == "allow" else "DENIED"
         return f"{verb} {event.tool}: {d.get('reason', '')}"
+    if event.kind == Kind.APPROVAL_ANSWER:
+        verb = "approved" if event.verdict == "allow" else "denied"
+        scope = " for the rest of the session" if d.get("scope") == "session" else ""
+        comment = f": {d['comment']}" if d.get("comment") else ""
+        return f"{d.get('approver')} {verb} request {d.get('approval_id')} ({event.tool}){scope}{comment}"
     if event.kind == Kind.TOOL_RESULT:
         status = f"error: {_compact(d['error'])}" if d.get("error") else _compact(d.get("output"))
         trust = " (untrusted)" if d.get("untrusted") else ""

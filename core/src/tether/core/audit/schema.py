@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 
 #: The newest migration; a store at this revision needs no upgrade.
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 VERSION_TABLE = "tether_alembic_version"
 
 metadata = MetaData()
@@ -39,4 +39,31 @@ meta = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+approvals = Table(
+    "tether_approvals",
+    metadata,
+    Column("id", String(16), primary_key=True),  # short, for people to type
+    Column("decision_id", String(32), nullable=False),  # the audit event of the decision that asked
+    Column("session_id", String(255), nullable=False),
+    Column("agent", String(255), nullable=False),
+    Column("user_id", String(255)),
+    Column("tenant", String(255)),
+    Column("tool", String(255), nullable=False),
+    Column("call_key", String(32), nullable=False),  # keyed fingerprint of session, agent, tool, arguments
+    Column("request", Text, nullable=False),  # JSON, redacted: arguments, reason, rules, labels, provenance
+    Column("approvers", Text),  # JSON list of who may answer; NULL: anyone
+    Column("for_session", Boolean, nullable=False),  # may be approved for the rest of the session
+    Column("status", String(16), nullable=False),  # pending, approved, denied, expired
+    Column("created_us", BigInteger, nullable=False),
+    Column("expires_us", BigInteger, nullable=False),
+    Column("answered_us", BigInteger),
+    Column("answered_by", String(255)),
+    Column("comment", Text),
+    Column("scope", String(16)),  # once or session, for an approval
+    Column("edited_args", Text),  # JSON arguments to run with instead; cleared once applied
+    Column("consumed_us", BigInteger),  # when an agent applied the answer
+    Index("ix_tether_approvals_status", "status"),
+    Index("ix_tether_approvals_call", "session_id", "call_key"),
 )

@@ -226,8 +226,25 @@ class _Writer:
                 seq, prev_hash = heads[e.session_id]
                 seq += 1
                 digest = event_hash(self._key, e, seq, prev_hash, log_prev)
-                rows.append((e.event_id, e.ts_us, e.session_id, seq, e.kind, e.agent, e.user_id, e.tenant, e.tool,
-                             e.parent_id, e.verdict, e.data, prev_hash, log_prev, digest))  # fmt: skip
+                rows.append(
+                    (
+                        e.event_id,
+                        e.ts_us,
+                        e.session_id,
+                        seq,
+                        e.kind,
+                        e.agent,
+                        e.user_id,
+                        e.tenant,
+                        e.tool,
+                        e.parent_id,
+                        e.verdict,
+                        e.data,
+                        prev_hash,
+                        log_prev,
+                        digest,
+                    )
+                )
                 heads[e.session_id] = (seq, digest)
                 log_prev = digest
             if len(rows) == 1:  # the common case; executemany costs more for one row

@@ -32,6 +32,8 @@ class CompiledRule:
     condition: Condition | None = None
     redact: tuple[str, ...] = ()
     unmet: str = ""  # for a grant: why the call is refused when its condition does not hold
+    approvers: frozenset[str] | None = None  # for an ask: who may approve (None: anyone)
+    for_session: bool = False  # for an ask: may be approved for the rest of the session
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,16 @@ class CompiledPolicy:
         if grant.ask is not False:
             ask_reason = grant.reason or f"{rule_id} requires approval"
             condition = self._conditions[format_path(path + ("ask",))]
-            rules.append(CompiledRule(f"{rule_id}.ask", Verdict.ASK, ask_reason, condition))
+            rules.append(
+                CompiledRule(
+                    f"{rule_id}.ask",
+                    Verdict.ASK,
+                    ask_reason,
+                    condition,
+                    approvers=self._members(grant.approvers),
+                    for_session=grant.approve_for_session,
+                )
+            )
         if grant.redact:
             rules.append(
                 CompiledRule(
@@ -145,7 +156,22 @@ class CompiledPolicy:
     def _rule(self, path: KeyPath, rule: Rule) -> CompiledRule:
         condition = self._conditions[format_path(path + ("when",))]
         unmet = f"the condition of rule {rule.id} does not hold: {rule.when}"
-        return CompiledRule(rule.id, rule.action, rule.reason, condition, tuple(rule.redact), unmet)
+        return CompiledRule(
+            rule.id,
+            rule.action,
+            rule.reason,
+            condition,
+            tuple(rule.redact),
+            unmet,
+            self._members(rule.approvers),
+            rule.approve_for_session,
+        )
+
+    def _members(self, groups: list[str] | None) -> frozenset[str] | None:
+        """Everyone in ``groups`` (None: no restriction)."""
+        if groups is None:
+            return None
+        return frozenset(who for group in groups for who in self.policy.approvals.groups.get(group, []))
 
 
 def _limits(path: KeyPath, tool: str | None, max_calls: int | None, rate: Rate | None) -> list[Limit]:
@@ -199,6 +225,7 @@ def compile_policy(policy: Policy, source: Source | None = None) -> CompiledPoli
     issues: list[PolicyIssue] = []
     conditions: dict[str, Condition | None] = {}
     tools = set(policy.tools)
+    groups = set(policy.approvals.groups)
 
     def condition(path: KeyPath, text: str | bool | None) -> None:
         if text is None or isinstance(text, bool):
@@ -230,6 +257,9 @@ def compile_policy(policy: Policy, source: Source | None = None) -> CompiledPoli
                 )
             condition(path + ("when",), grant.when)
             condition(path + ("ask",), grant.ask)
+            if grant.ask is False and (grant.approvers is not None or grant.approve_for_session):
+                issues.append(where.issue(path, "'approvers' and 'approve_for_session' need 'ask'"))
+            _check_selectors(where, path + ("approvers",), grant.approvers, groups, "approver group", issues)
     seen_ids: set[str] = set()
     for index, rule in enumerate(policy.rules):
         path = ("rules", index)
@@ -238,6 +268,7 @@ def compile_policy(policy: Policy, source: Source | None = None) -> CompiledPoli
         seen_ids.add(rule.id)
         _check_selectors(where, path + ("agents",), rule.agents, set(policy.agents), "agent", issues)
         _check_selectors(where, path + ("tools",), rule.tools, tools, "tool", issues)
+        _check_selectors(where, path + ("approvers",), rule.approvers, groups, "approver group", issues)
         condition(path + ("when",), rule.when)
     if issues:
         issues.sort(key=lambda i: (i.line or 0, i.column or 0))

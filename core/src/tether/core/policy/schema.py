@@ -95,6 +95,7 @@ DataClass = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
 RuleId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
 ArgPath = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]
 Cel = Annotated[str, Field(min_length=1, max_length=10_000)]
+GroupName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 
 class _Strict(BaseModel):
@@ -126,6 +127,8 @@ class Grant(_Strict):
     reason: str | None = None  # said when the grant does not apply
     max_calls: PositiveInt | None = None
     rate: Rate | None = None
+    approvers: list[GroupName] | None = None  # groups whose members may approve (default: anyone)
+    approve_for_session: bool = False  # approvers may approve all such calls for the rest of the session
 
     @model_validator(mode="before")
     @classmethod
@@ -160,18 +163,24 @@ class Rule(_Strict):
     effects: list[Effect] | None = None  # matches tools with any of these effects
     when: Cel | None = None
     redact: list[ArgPath] = []
+    approvers: list[GroupName] | None = None  # for action 'ask': groups whose members may approve
+    approve_for_session: bool = False  # for action 'ask'
 
     @model_validator(mode="after")
-    def _redact_needs_fields(self) -> Rule:
+    def _action_specific_keys(self) -> Rule:
         if self.action is Verdict.REDACT and not self.redact:
             raise ValueError("a rule with action 'redact' must list the arguments to redact")
         if self.redact and self.action is not Verdict.REDACT:
             raise ValueError("'redact' is only meaningful with action 'redact'")
+        if (self.approvers is not None or self.approve_for_session) and self.action is not Verdict.ASK:
+            raise ValueError("'approvers' and 'approve_for_session' are only meaningful with action 'ask'")
         return self
 
 
 class Approvals(_Strict):
     timeout: Duration = 300.0  # an unanswered request is denied after this long
+    #: who may approve: group name -> the identities (as approvers sign in) in it
+    groups: dict[GroupName, list[Annotated[str, Field(min_length=1)]]] = {}
 
 
 class Policy(_Strict):

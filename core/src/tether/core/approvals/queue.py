@@ -1,0 +1,403 @@
+"""The approval queue: pending requests in the store, answered from anywhere that shares it.
+
+A request is a row in ``tether_approvals``. Answering is one conditional UPDATE (``WHERE status
+= 'pending'``), so of two people answering at once exactly one wins and the other is told. The
+waiting agent is woken by PostgreSQL's LISTEN/NOTIFY, by an in-process signal when the answer
+comes from its own process, and otherwise finds the answer on a short poll (SQLite).
+
+A request survives its process: when the same call (session, agent, tool, arguments) is
+decided again, after a crash or a resumed run, the earlier request is reused, and an answer
+given meanwhile is honoured exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..audit.events import Kind, NewEvent
+from ..audit.schema import approvals as table
+from ..audit.store import AuditStore
+from ..errors import TetherError
+from ..redact import mask, preview
+from ..values import canonical_json, to_plain
+from . import FOR_SESSION, ONCE, ApprovalAnswer, ApprovalRequest
+
+PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
+MAX_COMMENT = 2000
+CHANNEL = "tether_approvals"  # PostgreSQL NOTIFY channel
+_ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no look-alikes (l/1, o/0)
+_answered = threading.Condition()  # wakes waiters in this process when this process answers
+
+
+class ApprovalError(TetherError):
+    """An answer that cannot be accepted: unknown or expired request, already answered, not allowed."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A request as stored, with its answer if it has one."""
+
+    id: str
+    decision_id: str
+    session_id: str
+    agent: str
+    user: str | None
+    tenant: str | None
+    tool: str
+    call_key: str
+    request: dict[str, Any]  # redacted: args, reason, rule_ids, labels, provenance
+    approvers: list[str] | None
+    for_session: bool
+    status: str
+    created_us: int
+    expires_us: int
+    answered_us: int | None
+    answered_by: str | None
+    comment: str | None
+    scope: str | None
+    edited_args: dict[str, Any] | None
+    consumed_us: int | None
+
+    @property
+    def expired(self) -> bool:
+        return self.status == EXPIRED or (self.status == PENDING and self.expires_us <= now_us())
+
+    @property
+    def answer(self) -> ApprovalAnswer | None:
+        if self.status not in (APPROVED, DENIED):
+            return None
+        return ApprovalAnswer(
+            self.status == APPROVED, self.answered_by or "", self.comment or "", self.edited_args, self.scope or ONCE
+        )
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _entry(row: Any) -> Entry:
+    values = dict(row._mapping)
+    values["user"], values["request"] = values.pop("user_id"), json.loads(values["request"])
+    values["approvers"] = json.loads(values["approvers"]) if values["approvers"] is not None else None
+    values["edited_args"] = json.loads(values["edited_args"]) if values["edited_args"] is not None else None
+    return Entry(**values)
+
+
+class ApprovalQueue:
+    """Pending approvals in an audit store, and the answers to them."""
+
+    def __init__(self, store: AuditStore) -> None:
+        self.store = store
+        self._postgres = store.engine.dialect.name == "postgresql"
+
+    # -- asking ------------------------------------------------------------------------------
+
+    def submit(self, request: ApprovalRequest) -> tuple[Entry, bool]:
+        """The entry for ``request`` and whether it is new. An earlier entry for the same call
+        (pending, or answered and not yet applied) or a standing approval for the session is
+        returned instead of a new one."""
+        with self.store.engine.begin() as connection:
+            earlier = self._earlier(connection, request)
+            if earlier is not None:
+                return earlier, False
+            now = now_us()
+            entry_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(10))
+            details = {
+                "args": request.args_preview,
+                "reason": request.reason,
+                "rule_ids": list(request.rule_ids),
+                "labels": list(request.labels),
+                "provenance": [dict(p) for p in request.provenance],
+            }
+            connection.execute(
+                table.insert().values(
+                    id=entry_id,
+                    decision_id=request.decision_id or "",
+                    session_id=request.session_id,
+                    agent=request.agent,
+                    user_id=request.user,
+                    tenant=request.tenant,
+                    tool=request.tool,
+                    call_key=request.call_key,
+                    request=canonical_json(details),
+                    approvers=json.dumps(sorted(request.approvers)) if request.approvers is not None else None,
+                    for_session=request.for_session,
+                    status=PENDING,
+                    created_us=now,
+                    expires_us=now + int(request.timeout * 1_000_000),
+                )
+            )
+        entry = self.get(entry_id)
+        assert entry is not None
+        return entry, True
+
+    def _earlier(self, connection: sa.Connection, request: ApprovalRequest) -> Entry | None:
+        standing = connection.execute(
+            sa.select(table)
+            .where(
+                table.c.session_id == request.session_id,
+                table.c.agent == request.agent,
+                table.c.tool == request.tool,
+                table.c.status == APPROVED,
+                table.c.scope == FOR_SESSION,
+            )
+            .limit(1)
+        ).first()
+        if standing is not None:
+            return _entry(standing)
+        same_call = connection.execute(
+            sa.select(table)
+            .where(
+                table.c.session_id == request.session_id,
+                table.c.call_key == request.call_key,
+                table.c.consumed_us.is_(None),
+                table.c.status.in_([PENDING, APPROVED, DENIED]),
+            )
+            .order_by(table.c.created_us.desc())
+            .limit(1)
+        ).first()
+        if same_call is None:
+            return None
+        entry = _entry(same_call)
+        return None if entry.expired else entry
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get(self, entry_id: str) -> Entry | None:
+        with self.store.engine.connect() as connection:
+            row = connection.execute(sa.select(table).where(table.c.id == entry_id)).first()
+        return _entry(row) if row is not None else None
+
+    def entries(self, *, status: str | None = PENDING, limit: int = 200) -> list[Entry]:
+        """Newest first; pending ones whose time has passed are reported as expired."""
+        query = sa.select(table).order_by(table.c.created_us.desc()).limit(limit)
+        if status == PENDING:
+            query = query.where(table.c.status == PENDING, table.c.expires_us > now_us())
+        elif status is not None:
+            query = query.where(table.c.status == status)
+        with self.store.engine.connect() as connection:
+            return [_entry(row) for row in connection.execute(query)]
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def answer(
+        self,
+        entry_id: str,
+        *,
+        approved: bool,
+        by: str,
+        comment: str = "",
+        args: Mapping[str, Any] | None = None,
+        scope: str = ONCE,
+    ) -> Entry:
+        """Answer a pending request; raise :class:`ApprovalError` saying why not, if not."""
+        entry = self.get(entry_id)
+        if entry is None:
+            raise ApprovalError(f"no approval request {entry_id!r}")
+        self._check(entry, approved=approved, by=by, comment=comment, args=args, scope=scope)
+        now = now_us()
+        values: dict[str, Any] = {
+            "status": APPROVED if approved else DENIED,
+            "answered_us": now,
+            "answered_by": by,
+            "comment": mask(comment, self.store.key) if comment else None,  # stored redacted
+            "scope": scope if approved else None,
+            "edited_args": canonical_json(to_plain(args, "args")) if args is not None else None,
+        }
+        with self.store.engine.begin() as connection:
+            done = connection.execute(
+                table.update()
+                .where(table.c.id == entry_id, table.c.status == PENDING, table.c.expires_us > now)
+                .values(**values)
+            )
+            if done.rowcount != 1:
+                raise ApprovalError(self._why_not_pending(entry_id))
+            if self._postgres:
+                connection.execute(sa.select(sa.func.pg_notify(CHANNEL, entry_id)))
+        with _answered:
+            _answered.notify_all()
+        answered = self.get(entry_id)
+        assert answered is not None
+        self._audit_answer(answered)
+        return answered
+
+    def _check(
+        self, entry: Entry, *, approved: bool, by: str, comment: str, args: Mapping[str, Any] | None, scope: str
+    ) -> None:
+        if entry.status != PENDING:
+            raise ApprovalError(self._why_not_pending(entry.id))
+        if entry.expired:
+            raise ApprovalError(f"approval request {entry.id} expired; the call was denied")
+        if not by.strip():
+            raise ApprovalError("an answer needs the name of the person giving it")
+        if entry.approvers is not None and by not in entry.approvers:
+            allowed = ", ".join(entry.approvers) or "no one (the policy's approver groups do not overlap)"
+            raise ApprovalError(f"{by} may not answer request {entry.id}; it may be answered by: {allowed}")
+        if len(comment) > MAX_COMMENT:
+            raise ApprovalError(f"a comment may have at most {MAX_COMMENT} characters, this one has {len(comment)}")
+        if scope not in (ONCE, FOR_SESSION):
+            raise ApprovalError(f"scope must be {ONCE!r} or {FOR_SESSION!r}")
+        if scope == FOR_SESSION and (not approved or not entry.for_session):
+            raise ApprovalError(f"request {entry.id} may only be approved once, not for the whole session")
+        if args is not None and (not approved or not isinstance(args, Mapping)):
+            raise ApprovalError("edited arguments must be a mapping, and only come with an approval")
+
+    def _why_not_pending(self, entry_id: str) -> str:
+        entry = self.get(entry_id)
+        if entry is None:
+            return f"no approval request {entry_id!r}"
+        if entry.expired:
+            return f"approval request {entry_id} expired; the call was denied"
+        return f"approval request {entry_id} was already {entry.status} by {entry.answered_by}"
+
+    def _audit_answer(self, entry: Entry) -> None:
+        """Record who answered, in the session's chain, under the decision that asked."""
+        key = self.store.key
+        details: dict[str, Any] = {
+            "approval_id": entry.id,
+            "approved": entry.status == APPROVED,
+            "approver": entry.answered_by,
+            "comment": entry.comment,
+            "scope": entry.scope,
+            "edited_args": preview(to_plain(entry.edited_args), key).value if entry.edited_args else None,
+        }
+        event = NewEvent(
+            secrets.token_hex(16),
+            entry.answered_us or now_us(),
+            entry.session_id,
+            Kind.APPROVAL_ANSWER,
+            entry.agent,
+            entry.user,
+            entry.tenant,
+            entry.tool,
+            entry.decision_id,
+            "allow" if entry.status == APPROVED else "deny",
+            canonical_json(details),
+        )
+        self.store.append([event])
+
+    def expire(self, entry_id: str) -> bool:
+        """Mark a pending request expired; False if it was answered first."""
+        with self.store.engine.begin() as connection:
+            done = connection.execute(
+                table.update().where(table.c.id == entry_id, table.c.status == PENDING).values(status=EXPIRED)
+            )
+        return bool(done.rowcount == 1)
+
+    def consume(self, entry_id: str) -> bool:
+        """Apply an answer once: True for the one caller that does it. Edited arguments, which
+        are stored as given until then, are cleared. Standing (session) approvals stay."""
+        with self.store.engine.begin() as connection:
+            done = connection.execute(
+                table.update()
+                .where(
+                    table.c.id == entry_id,
+                    table.c.consumed_us.is_(None),
+                    sa.or_(table.c.scope.is_(None), table.c.scope != FOR_SESSION),
+                )
+                .values(consumed_us=now_us(), edited_args=None)
+            )
+        return bool(done.rowcount == 1)
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    def wait(self, entry_id: str, until_us: int, poll: float = 0.25) -> Entry | None:
+        """Block until the request is answered or ``until_us`` passes; the entry, or None."""
+        with self._notifications() as notified:
+            while True:
+                entry = self.get(entry_id)
+                if entry is None or entry.status != PENDING:
+                    return entry
+                left = (until_us - now_us()) / 1e6
+                if left <= 0:
+                    return None
+                notified(min(left, poll if not self._postgres else 1.0))
+
+    @contextlib.contextmanager
+    def _notifications(self) -> Iterator[Callable[[float], None]]:
+        """A function that sleeps until a notification may have arrived, or for at most ``t``."""
+        if not self._postgres:
+
+            def sleep(t: float) -> None:
+                with _answered:
+                    _answered.wait(t)
+
+            yield sleep
+            return
+        raw = self.store.engine.raw_connection()
+        try:
+            driver: Any = raw.driver_connection
+            driver.autocommit = True
+            driver.execute(f"LISTEN {CHANNEL}")
+
+            def listen(t: float) -> None:
+                for _ in driver.notifies(timeout=t, stop_after=1):
+                    pass
+
+            yield listen
+        finally:
+            raw.close()
+
+
+Notifier = Callable[[Entry], None]
+
+
+class QueueApprover:
+    """An :class:`~tether.core.approvals.Approver` that puts each request in the store's queue and
+    waits for someone to answer it: from the CLI (``tether approvals``), the web page
+    (``tether serve``), code (:meth:`ApprovalQueue.answer`) or, with ``prompt``, this terminal.
+
+    ``notify`` callbacks receive each new request (to page someone, post to chat...); one that
+    raises is logged and does not stop the others or the wait.
+    """
+
+    def __init__(
+        self, store: AuditStore, *, notify: Sequence[Notifier] = (), prompt: bool = False, poll: float = 0.25
+    ) -> None:
+        self.queue = ApprovalQueue(store)
+        self.notify = list(notify)
+        self.prompt = prompt
+        self.poll = poll
+
+    def request_approval(self, request: ApprovalRequest) -> ApprovalAnswer | None:
+        entry, new = self.queue.submit(request)
+        if new:
+            self._announce(entry)
+        answered = entry if entry.status != PENDING else self._wait(entry)
+        if answered is None or answered.answer is None:
+            return None
+        if answered.scope != FOR_SESSION and not self.queue.consume(answered.id):
+            return None  # another process applied this answer already: it must not run twice
+        return answered.answer
+
+    def _wait(self, entry: Entry) -> Entry | None:
+        stop = threading.Event()
+        if self.prompt:
+            from .terminal import ask_in_background
+
+            ask_in_background(self.queue, entry, stop)
+        try:
+            answered = self.queue.wait(entry.id, entry.expires_us, self.poll)
+        finally:
+            stop.set()
+        if answered is None and not self.queue.expire(entry.id):
+            answered = self.queue.get(entry.id)  # answered in the last instant: honour it
+        return answered
+
+    def _announce(self, entry: Entry) -> None:
+        import logging
+
+        for notify in self.notify:
+            try:
+                notify(entry)
+            except Exception:
+                logging.getLogger("tether").exception("approval notifier %r failed", notify)

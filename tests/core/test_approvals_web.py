@@ -1,0 +1,155 @@
+"""The approval page, driven by a real headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tether.core import ApprovalQueue, AuditStore, Guard, QueueApprover
+from tether.core.approvals.web import ApprovalSite
+
+from .conftest import policy_with
+from .test_approvals import in_background, pending_one
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api", reason="browser tests need the playwright package")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="browser tests need Chromium (Debian: apt install chromium; or set CHROMIUM_PATH)"
+)
+
+ALICE = "alice-personal-token-0123456789"
+SHARED = "shared-team-token-0123456789"
+XSS = '<script>document.title="pwned"</script><img src=x onerror=alert(1)>'
+
+
+@pytest.fixture
+def site(tmp_path: Any) -> Iterator[tuple[ApprovalSite, str]]:
+    store = AuditStore(f"sqlite:///{tmp_path}/a.db", key=b"k" * 32)
+    site = ApprovalSite(store, {ALICE: "alice", SHARED: None})
+    server = site.serve("127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield site, f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])  # fmt: skip
+        yield chromium
+        chromium.close()
+
+
+def waiting_agent(store: AuditStore, session_id: str, tool: str, args: dict[str, Any]) -> tuple[Any, list[Any]]:
+    policy = policy_with(approvals={"timeout": "60s", "groups": {"finance": ["alice"]}})
+    policy["agents"]["bot"]["tools"]["send_email"] = {"ask": True, "approvers": ["finance"]}
+    policy["agents"]["bot"]["tools"]["refund"] = {"ask": True}
+    session = Guard(policy, store=store, approver=QueueApprover(store)).session("bot", session_id)
+    return in_background(session.resolve, session.before_tool(tool, args))
+
+
+def sign_in(page: Any, base: str, token: str, name: str = "") -> None:
+    page.goto(base + "/")
+    assert page.url == base + "/login"  # no anonymous access
+    page.fill("input[name=token]", token)
+    page.fill("input[name=name]", name)
+    submit(page, "button:has-text('Sign in')")
+
+
+def submit(page: Any, selector: str) -> None:
+    """Click a form's button and wait for the page it leads to."""
+    with page.expect_navigation():
+        page.click(selector)
+
+
+def test_an_approver_signs_in_sees_the_request_safely_and_approves_it(site: Any, browser: Any) -> None:
+    approval_site, base = site
+    thread, result = waiting_agent(approval_site.store, "w1", "send_email", {"to": "a@acme.example", "body": XSS})
+    entry = pending_one(approval_site.queue)
+    page = browser.new_page()
+    sign_in(page, base, "wrong-token-000000000000")
+    assert "Wrong token" in page.content()
+    sign_in(page, base, ALICE)
+    assert "Signed in as alice" in page.inner_text("body")
+    # The injected markup is shown as text: no element was created from it, nothing ran.
+    assert "<script>document.title" in page.inner_text("body")
+    assert page.evaluate("document.querySelectorAll('script, img').length") == 0
+    assert page.title() == "Pending approvals · Tether"
+    submit(page, f"a[href='/approvals/{entry.id}']")
+    assert "why Tether asks" not in page.content()  # the page, not the terminal wording
+    page.fill("form.answer:has(input[value=approve]) input[name=comment]", "checked with the customer")
+    submit(page, "button:has-text('Approve')")
+    assert f"approved {entry.id}" in page.inner_text("p.msg")
+    thread.join(30)
+    assert result[0].allowed and result[0].approved_by == "alice"
+    answer = next(e for e in approval_site.store.session_events("w1") if e.kind == "approval.answer")
+    assert answer.details["comment"] == "checked with the customer"
+
+
+def test_forms_without_the_csrf_token_or_sign_in_are_refused(site: Any, browser: Any) -> None:
+    approval_site, base = site
+    thread, result = waiting_agent(approval_site.store, "w2", "refund", {"amount": 10})
+    entry = pending_one(approval_site.queue)
+    page = browser.new_page()
+    sign_in(page, base, SHARED, "bob")
+    forged = page.request.post(f"{base}/approvals/{entry.id}", form={"action": "approve"}, max_redirects=0)
+    assert forged.status == 403
+    anonymous = browser.new_page().request.post(f"{base}/approvals/{entry.id}",
+                                                form={"action": "approve", "csrf": "x"}, max_redirects=0)  # fmt: skip
+    assert anonymous.status == 303 and anonymous.headers["location"] == "/login"
+    stolen_cookie = browser.new_context(extra_http_headers={"Cookie": "tether_session=guessed"}).new_page()
+    assert stolen_cookie.request.get(base + "/", max_redirects=0).status == 303
+    assert approval_site.queue.get(entry.id).status == "pending"  # nothing was answered
+    page.goto(f"{base}/approvals/{entry.id}")
+    page.fill("form.answer:has(input[value=deny]) input[name=comment]", "not now")
+    submit(page, "button:has-text('Deny')")
+    thread.join(30)
+    assert not result[0].allowed and result[0].reason == "denied by bob: not now"
+
+
+def test_double_answers_oversized_comments_and_outsiders_are_refused(site: Any, browser: Any) -> None:
+    approval_site, base = site
+    thread, result = waiting_agent(approval_site.store, "w3", "send_email", {"to": "a@acme.example"})
+    entry = pending_one(approval_site.queue)
+    page = browser.new_page()
+    sign_in(page, base, SHARED, "mallory")  # not in the finance group the policy names
+    page.goto(f"{base}/approvals/{entry.id}")
+    submit(page, "button:has-text('Approve')")
+    assert "mallory may not answer request" in page.inner_text("p.error")
+    alice = browser.new_page()
+    sign_in(alice, base, ALICE)
+    alice.goto(f"{base}/approvals/{entry.id}")
+    stale = browser.new_page()  # the same page open twice
+    sign_in(stale, base, ALICE)
+    stale.goto(f"{base}/approvals/{entry.id}")
+    alice.evaluate("document.querySelector('input[name=comment]').removeAttribute('maxlength')")
+    alice.fill("form.answer:has(input[value=approve]) input[name=comment]", "x" * 2001)
+    submit(alice, "button:has-text('Approve')")
+    assert "at most 2000 characters" in alice.inner_text("p.error")
+    submit(alice, "button:has-text('Approve')")
+    thread.join(30)
+    assert result[0].allowed
+    submit(stale, "button:has-text('Approve')")
+    assert "was already approved by alice" in stale.inner_text("p.error")
+    unknown = alice.goto(f"{base}/approvals/nosuchid")
+    assert unknown.status == 404
+    assert len([e for e in approval_site.store.session_events("w3") if e.kind == "approval"]) == 1
+
+
+def test_the_queue_answers_are_visible_to_other_processes(site: Any) -> None:
+    approval_site, _ = site
+    other = ApprovalQueue(AuditStore(approval_site.store.url, key=b"k" * 32))
+    thread, result = waiting_agent(approval_site.store, "w4", "refund", {"amount": 10})
+    entry = pending_one(other)
+    other.answer(entry.id, approved=True, by="olga")
+    thread.join(30)
+    assert result[0].allowed
