@@ -138,6 +138,16 @@ def test_an_answer_given_while_the_agent_was_down_is_honoured_once(
     assert ran.read_text().splitlines() == ['{"amount": 120}']  # still exactly once
 
 
+def test_waiting_leaves_the_store_usable_for_streaming_reads(store: AuditStore) -> None:
+    # Waiting on PostgreSQL uses a LISTEN connection in autocommit mode: it must not go back
+    # into the pool, where a later streaming read (a server-side cursor) would fail.
+    guard = Guard(approval_policy("0.2s"), store=store, approver=QueueApprover(store))
+    session = guard.session("bot", "reuse")
+    for _ in range(3):
+        assert not session.resolve(session.before_tool("send_email", {"to": "a@acme.example"})).allowed
+        assert next(e.kind for e in store.events(session_id="reuse")) == "session.start"
+
+
 def test_timeout_denies_and_a_late_answer_is_refused(store: AuditStore, queue: ApprovalQueue) -> None:
     guard = Guard(approval_policy("0.3s"), store=store, approver=QueueApprover(store))
     session = guard.session("bot", "s3")

@@ -345,7 +345,7 @@ class ApprovalQueue:
 
             yield listen
         finally:
-            raw.close()
+            raw.invalidate()  # autocommit and LISTEN must not leak into the pool: discard it
 
 
 Notifier = Callable[[Entry], None]
