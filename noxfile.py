@@ -51,3 +51,23 @@ def core(session: nox.Session) -> None:
 def core_310(session: nox.Session) -> None:
     """The core on Python 3.10, where conditions run on the pure-Python CEL runtime."""
     core(session)
+
+
+def adapter_tests(session: nox.Session, adapter: str, *framework: str, tests: str | None = None) -> None:
+    """Install the core, one adapter and the framework versions asked for, then run its tests.
+
+    Each adapter session parametrizes ``framework`` over the oldest and newest versions it
+    supports; the frameworks never share an environment.
+    """
+    session.install(
+        *nox.project.dependency_groups(PYPROJECT, "test-adapter"),
+        "-e",
+        "./core",
+        "-e",
+        f"./adapters/{adapter}",
+        *framework,
+    )
+    session.run("pytest", tests or f"tests/{adapter}", *session.posargs)
+
+
+# -- adapters: one session per framework line, parametrized over the versions users run ---------
