@@ -1,0 +1,14 @@
+"""Tether for LangGraph and LangChain: every tool call decided by ``tether.core`` before it runs.
+
+from tether.langgraph import Tether
+
+t = Tether(guard, agent="support-bot")
+tools = ToolNode([...], wrap_tool_call=t.wrap_tool_call, awrap_tool_call=t.awrap_tool_call)
+agent = create_agent(model, [...], middleware=[t.middleware()])      # LangChain 1.x
+graph.invoke(inputs, {"callbacks": [t.callback_handler()], "configurable": {"thread_id": "42"}})
+"""
+
+from ._answers import resume
+from ._guard import BreakpointError, Tether
+
+__all__ = ["BreakpointError", "Tether", "resume"]

