@@ -39,7 +39,7 @@ POLICY: dict[str, Any] = {
 
 
 class ScriptedModel(BaseChatModel):
-    """Answers with the next scripted message and remembers what it was shown."""
+    """Answers with the scripted message for this turn and remembers what it was shown."""
 
     script: list[AIMessage]
     seen: list[list[BaseMessage]] = []  # noqa: RUF012 - pydantic copies the default per instance
@@ -55,7 +55,7 @@ class ScriptedModel(BaseChatModel):
         self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
     ) -> ChatResult:
         self.seen.append(list(messages))
-        turn = len(self.seen) - 1
+        turn = sum(isinstance(m, AIMessage) for m in messages)  # the conversation says where we are, in any process
         message = self.script[turn] if turn < len(self.script) else AIMessage("done")
         return ChatResult(generations=[ChatGeneration(message=message)])
 

@@ -6,8 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.tools import BaseTool, StructuredTool
 
-from tether.core import ToolDenied
-
 if TYPE_CHECKING:
     from ._guard import Tether
 
@@ -15,20 +13,18 @@ if TYPE_CHECKING:
 def guarded(tether: Tether, tool: BaseTool) -> BaseTool:
     """The same tool (name, description, schema) whose body runs only if Tether allows the call.
 
-    A refusal is returned as the tool's output (a string the model can read) when the tool is
-    called with a tool call; called with plain arguments it raises :class:`ToolDenied`.
+    A refused call returns the refusal as the tool's output, a text the agent can read.
     """
     from ._guard import decided_here
 
     def decide(args: dict[str, Any]) -> tuple[Any, Any]:
         session = tether.session_for(None)
-        decision = session.resolve(session.before_tool(tool.name, args))
-        if not decision.allowed:
-            raise ToolDenied(decision.refusal(), rule_ids=decision.rule_ids)
-        return session, decision
+        return session, session.resolve(session.before_tool(tool.name, args))
 
     def run(**kwargs: Any) -> Any:
         session, decision = decide(kwargs)
+        if not decision.allowed:
+            return decision.refusal()
         token = decided_here.set(True)
         try:
             output = tool.invoke(dict(decision.args))
@@ -43,6 +39,8 @@ def guarded(tether: Tether, tool: BaseTool) -> BaseTool:
         import asyncio
 
         session, decision = await asyncio.to_thread(decide, kwargs)
+        if not decision.allowed:
+            return decision.refusal()
         token = decided_here.set(True)
         try:
             output = await tool.ainvoke(dict(decision.args))
@@ -59,9 +57,4 @@ def guarded(tether: Tether, tool: BaseTool) -> BaseTool:
         args_schema=tool.args_schema,
         func=run,
         coroutine=arun,
-        handle_tool_error=lambda exc: str(exc) if isinstance(exc, ToolDenied) else _reraise(exc),
     )
-
-
-def _reraise(exc: Exception) -> str:
-    raise exc

