@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
@@ -70,3 +71,17 @@ def test_human_in_the_loop_middleware_answers_are_understood(guard: Guard, tools
     edit = {"type": "edit", "edited_action": {"name": "refund", "args": {"order": "A", "amount": 60}}}
     graph.invoke(Command(resume={"decisions": [edit]}), THREAD)
     assert ran.calls == [("refund", {"order": "A", "amount": 60})]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # create_react_agent now lives in langchain.agents
+def test_prebuilt_react_agent_with_a_guarded_tool_node(guard: Guard, tools, ran) -> None:
+    from langgraph.prebuilt import ToolNode, create_react_agent
+
+    t = Tether(guard, agent="support-bot")
+    model = ScriptedModel(
+        script=[calls(("lookup", {"ticket": "1"}, "l1"), ("send_email", {"to": "x@evil.example", "body": "b"}, "e1"))]
+    )
+    node = ToolNode(tools, wrap_tool_call=t.wrap_tool_call, awrap_tool_call=t.awrap_tool_call)
+    create_react_agent(model, node).invoke({"messages": [HumanMessage("hi")]}, THREAD)
+    assert ran.count("lookup") == 1 and ran.count("send_email") == 0
+    assert "Tether denied" in model.tool_replies()["e1"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import logging
 import os
 import threading
@@ -71,6 +72,7 @@ class Tether:
         self.messages_key = messages_key
         self._sessions: OrderedDict[tuple[str, str, str], Session] = OrderedDict()
         self._causes: OrderedDict[str, str] = OrderedDict()  # tool_call_id -> model response event
+        self._proposed: OrderedDict[str, str] = OrderedDict()  # tool and arguments -> tool_call_id
         self._batches: dict[int, _Batch] = {}
         self._lock = threading.Lock()
         self._fallback_session = os.urandom(8).hex()
@@ -115,10 +117,17 @@ class Tether:
             for call in tool_calls:
                 if call.get("id"):
                     self._causes[str(call["id"])] = event_id
+                    self._proposed[_fingerprint(call.get("name"), call.get("args"))] = str(call["id"])
             _trim(self._causes)
+            _trim(self._proposed)
 
     def cause_of(self, call_id: str | None) -> str | None:
         return self._causes.get(call_id) if call_id else None
+
+    def call_id_of(self, tool: str, args: Any) -> str | None:
+        """The id of a proposed call with this tool and these arguments, for callbacks that do
+        not carry it (langchain-core before 1.1)."""
+        return self._proposed.get(_fingerprint(tool, args))
 
     # -- ToolNode / AgentMiddleware wrappers -------------------------------------------------
 
@@ -337,6 +346,10 @@ def _after(session: Session, decision: Decision, result: Any) -> Any:
         return result
     session.after_tool(decision, result.update if isinstance(result, Command) else result)
     return result
+
+
+def _fingerprint(tool: Any, args: Any) -> str:
+    return json.dumps([tool, args], sort_keys=True, default=repr)
 
 
 def _trim(cache: OrderedDict[Any, Any]) -> None:

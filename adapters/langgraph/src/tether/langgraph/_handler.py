@@ -81,8 +81,8 @@ class TetherCallbackHandler(BaseCallbackHandler):
             return
         session = self.tether.session_for(_config(kwargs))
         name = (serialized or {}).get("name") or kwargs.get("name") or "unknown"
-        call_id = kwargs.get("tool_call_id")
         args = inputs if inputs is not None else {"input": input_str}
+        call_id = kwargs.get("tool_call_id") or self.tether.call_id_of(name, args)
         decision = session.before_tool(name, args, call_id=call_id, caused_by=self.tether.cause_of(call_id))
         decision = session.resolve(decision)
         self._keep(self._tools, run_id, (session, decision))
