@@ -348,6 +348,20 @@ def _after(session: Session, decision: Decision, result: Any) -> Any:
     return result
 
 
+def transcript(messages: Any) -> list[dict[str, Any]]:
+    """Messages as the audit shows them: who said what, and which tools were asked for."""
+    out = []
+    for message in messages or []:
+        entry: dict[str, Any] = {
+            "role": getattr(message, "type", "message"),
+            "content": getattr(message, "content", message),
+        }
+        if getattr(message, "tool_calls", None):
+            entry["tool_calls"] = [{"name": c.get("name"), "args": c.get("args")} for c in message.tool_calls]
+        out.append(entry)
+    return out
+
+
 def _fingerprint(tool: Any, args: Any) -> str:
     return json.dumps([tool, args], sort_keys=True, default=repr)
 

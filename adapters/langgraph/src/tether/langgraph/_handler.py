@@ -12,7 +12,7 @@ from langchain_core.messages import AIMessage
 
 from tether.core import Decision, ToolDenied
 
-from ._guard import decided_here
+from ._guard import decided_here, transcript
 
 if TYPE_CHECKING:
     from tether.core import Session
@@ -49,7 +49,7 @@ class TetherCallbackHandler(BaseCallbackHandler):
             return
         session = self.tether.session_for(_config(kwargs))
         model = (kwargs.get("metadata") or {}).get("ls_model_name") or (serialized or {}).get("name")
-        asked = session.before_model(messages[0] if messages else [], model=model)
+        asked = session.before_model(transcript(messages[0] if messages else []), model=model)
         self._keep(self._models, run_id, (session, asked.event_id))
 
     def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:

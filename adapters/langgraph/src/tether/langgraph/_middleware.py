@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from langchain.agents.middleware import AgentMiddleware
 from langchain_core.messages import AIMessage
 
+from ._guard import transcript
+
 if TYPE_CHECKING:
     from ._guard import Tether
 
@@ -29,14 +31,14 @@ class TetherMiddleware(AgentMiddleware):  # type: ignore[type-arg]
 
     def wrap_model_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
         session = self.tether.session_for(None)
-        asked = session.before_model(request.messages, model=_model_name(request.model))
+        asked = session.before_model(transcript(request.messages), model=_model_name(request.model))
         response = handler(request)
         self._record(session, asked.event_id, response)
         return response
 
     async def awrap_model_call(self, request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
         session = self.tether.session_for(None)
-        asked = await session.abefore_model(request.messages, model=_model_name(request.model))
+        asked = await session.abefore_model(transcript(request.messages), model=_model_name(request.model))
         response = await handler(request)
         await asyncio.to_thread(self._record, session, asked.event_id, response)
         return response
