@@ -71,3 +71,25 @@ def adapter_tests(session: nox.Session, adapter: str, *framework: str, tests: st
 
 
 # -- adapters: one session per framework line, parametrized over the versions users run ---------
+
+LANGGRAPH = {
+    # ToolNode(wrap_tool_call=...) arrived in langgraph-prebuilt 1.0.2; langchain 1.0.0 is create_agent's first release
+    "oldest": (
+        "langgraph==1.0.0",
+        "langgraph-prebuilt==1.0.2",
+        "langchain==1.0.0",
+        "langchain-core==1.0.0",
+        "langgraph-checkpoint-sqlite==2.0.11",
+    ),
+    "newest": ("langgraph==1.2.24", "langchain==1.5.2", "langgraph-checkpoint-sqlite==3.1.2"),
+}
+
+
+@nox.session
+@nox.parametrize("versions", [nox.param(pins, id=name) for name, pins in LANGGRAPH.items()])
+def langgraph(session: nox.Session, versions: tuple[str, ...]) -> None:
+    """LangGraph and LangChain's create_agent, oldest and newest supported releases."""
+    adapter_tests(session, "langgraph", *versions)
+
+
+nox.options.sessions.append("langgraph")

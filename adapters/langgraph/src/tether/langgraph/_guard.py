@@ -43,7 +43,8 @@ class Tether:
     """Tether for LangGraph and LangChain: every tool call decided by ``guard`` before it runs.
 
     ``agent`` names the agent in the policy (default: ``configurable["tether_agent"]``, then the
-    graph's ``lc_agent_name``, then the node name); ``session`` fixes the session (default:
+    run's ``lc_agent_name``, then, for an agent that runs as a subgraph, the parent graph's node
+    that hosts it, else ``"langgraph"``); ``session`` fixes the session (default:
     ``configurable["tether_session"]``, then ``thread_id``). ``approvals`` says how a call the
     policy marks ``ask`` waits for a person: ``"interrupt"`` pauses the graph with
     ``interrupt()`` (needs a checkpointer), ``"queue"`` waits on the guard's approver
@@ -90,7 +91,7 @@ class Tether:
         conf = config.get("configurable") or {}
         meta = config.get("metadata") or {}
         node = str(meta.get("langgraph_node") or "")
-        agent = self.agent or conf.get("tether_agent") or meta.get("lc_agent_name") or node or "langgraph"
+        agent = self.agent or conf.get("tether_agent") or meta.get("lc_agent_name") or _outer_node(conf) or "langgraph"
         session_id = self.session_id or conf.get("tether_session") or conf.get("thread_id")
         if session_id is None:
             session_id = self._fallback_session
@@ -360,6 +361,12 @@ def transcript(messages: Any) -> list[dict[str, Any]]:
             entry["tool_calls"] = [{"name": c.get("name"), "args": c.get("args")} for c in message.tool_calls]
         out.append(entry)
     return out
+
+
+def _outer_node(conf: Mapping[str, Any]) -> str | None:
+    """In a graph of agents, the node of the top graph an agent's subgraph runs in."""
+    namespace = str(conf.get("checkpoint_ns") or "")
+    return namespace.split(":", 1)[0] if "|" in namespace else None
 
 
 def _fingerprint(tool: Any, args: Any) -> str:
