@@ -96,7 +96,7 @@ def _read_mapping(value: Mapping[str, Any]) -> ApprovalAnswer:
     return ApprovalAnswer(bool(approved), by, comment, dict(args) if args is not None else None)
 
 
-def resume(interrupts: Iterable[Interrupt] | Mapping[str, Any], answers: Mapping[str, Any] | Any) -> Command:
+def resume(interrupts: Iterable[Interrupt] | Mapping[str, Any], answers: Mapping[str, Any] | Any) -> Command[Any]:
     """A ``Command`` that answers Tether's pending breakpoints, however LangGraph split them.
 
     ``interrupts`` is ``result["__interrupt__"]`` (or a graph state's ``interrupts``, or the
@@ -104,10 +104,9 @@ def resume(interrupts: Iterable[Interrupt] | Mapping[str, Any], answers: Mapping
     Parallel calls that became separate tasks (prebuilt agents, ``create_agent``) each interrupt
     with their own id; this addresses each interrupt by id so one resume decides them all.
     """
-    if isinstance(interrupts, Mapping):
-        interrupts = interrupts.get("__interrupt__", ())
+    items: Iterable[Any] = interrupts.get("__interrupt__", ()) if isinstance(interrupts, Mapping) else interrupts
     mapping: dict[str, Any] = {}
-    for item in interrupts:
+    for item in items:
         value = item.value
         if not (isinstance(value, Mapping) and value.get("type") == KIND):
             continue

@@ -10,7 +10,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from langchain_core.messages import AIMessage, ToolMessage
 
@@ -132,7 +132,7 @@ class Tether:
 
     # -- ToolNode / AgentMiddleware wrappers -------------------------------------------------
 
-    def wrap_tool_call(self, request: Any, execute: Execute) -> ToolMessage | Command:
+    def wrap_tool_call(self, request: Any, execute: Execute) -> ToolMessage | Command[Any]:
         """``ToolNode(wrap_tool_call=...)``: decide, then run, refuse or pause the call."""
         session = self.session_for(request.runtime.config if request.runtime is not None else None)
         decision = self._decide(request, session)
@@ -148,7 +148,7 @@ class Tether:
             decided_here.reset(token)
         return _after(session, decision, result)
 
-    async def awrap_tool_call(self, request: Any, execute: AExecute) -> ToolMessage | Command:
+    async def awrap_tool_call(self, request: Any, execute: AExecute) -> ToolMessage | Command[Any]:
         """The async twin of :meth:`wrap_tool_call` (``ainvoke``/``astream``)."""
         session = self.session_for(request.runtime.config if request.runtime is not None else None)
         decision = await asyncio.to_thread(self._decide, request, session)  # audit writes and waits off the loop
@@ -318,7 +318,7 @@ def _task_calls(state: Any, call: Mapping[str, Any], key: str) -> list[Mapping[s
     if messages is None:
         messages = getattr(state, key, None) or []
     latest = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
-    calls = list(latest.tool_calls) if latest is not None else []
+    calls: list[Mapping[str, Any]] = list(latest.tool_calls) if latest is not None else []
     if not any(c.get("id") == call.get("id") for c in calls):
         return [call]
     return calls
@@ -338,15 +338,15 @@ def refusal_message(decision: Decision, call: Mapping[str, Any]) -> ToolMessage:
     )
 
 
-def _after(session: Session, decision: Decision, result: Any) -> Any:
+def _after(session: Session, decision: Decision, result: Any) -> ToolMessage | Command[Any]:
     """Record what came back; what after_tool returns is what flows into the graph's state."""
     if isinstance(result, ToolMessage):
         output = session.after_tool(decision, result.content)
         if output is not result.content:
-            result = result.model_copy(update={"content": output})
+            return result.model_copy(update={"content": output})
         return result
     session.after_tool(decision, result.update if isinstance(result, Command) else result)
-    return result
+    return cast("ToolMessage | Command[Any]", result)
 
 
 def transcript(messages: Any) -> list[dict[str, Any]]:

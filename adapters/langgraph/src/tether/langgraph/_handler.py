@@ -122,7 +122,7 @@ def _config(kwargs: dict[str, Any]) -> dict[str, Any]:
     from langgraph.config import get_config
 
     try:
-        config = dict(get_config())
+        config: dict[str, Any] = dict(get_config())
     except RuntimeError:  # not inside a graph
         config = {"configurable": {}, "metadata": {}}
     metadata = {**(config.get("metadata") or {}), **(kwargs.get("metadata") or {})}

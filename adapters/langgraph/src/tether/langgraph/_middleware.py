@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ._guard import Tether
 
 
-class TetherMiddleware(AgentMiddleware):  # type: ignore[type-arg]
+class TetherMiddleware(AgentMiddleware):
     """Decides every tool call of a ``create_agent`` agent and links it to the model response
     that proposed it. A refused call comes back to the model as a ToolMessage it can read."""
 

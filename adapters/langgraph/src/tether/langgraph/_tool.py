@@ -54,7 +54,7 @@ def guarded(tether: Tether, tool: BaseTool) -> BaseTool:
     return StructuredTool(
         name=tool.name,
         description=tool.description,
-        args_schema=tool.args_schema,
+        args_schema=tool.args_schema if tool.args_schema is not None else tool.get_input_schema(),
         func=run,
         coroutine=arun,
     )
