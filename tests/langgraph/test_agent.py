@@ -85,3 +85,18 @@ def test_prebuilt_react_agent_with_a_guarded_tool_node(guard: Guard, tools, ran)
     create_react_agent(model, node).invoke({"messages": [HumanMessage("hi")]}, THREAD)
     assert ran.count("lookup") == 1 and ran.count("send_email") == 0
     assert "Tether denied" in model.tool_replies()["e1"]
+
+
+def test_astream_agent_pauses_and_resumes(guard: Guard, tools, ran) -> None:
+    model = ScriptedModel(script=[calls(("refund", {"order": "A", "amount": 100}, "r1"))])
+    graph = agent(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
+
+    async def run() -> list[dict]:
+        first = [chunk async for chunk in graph.astream({"messages": [HumanMessage("refund")]}, THREAD)]
+        assert any("__interrupt__" in chunk for chunk in first) and ran.calls == []
+        from langgraph.types import Command
+
+        return [chunk async for chunk in graph.astream(Command(resume={"r1": "approve"}), THREAD)]
+
+    asyncio.run(run())
+    assert ran.calls == [("refund", {"order": "A", "amount": 100})]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,23 +14,30 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from tether.core import ApprovalQueue, AuditStore, Guard, QueueApprover
 from tether.langgraph import Tether
 
-from .conftest import POLICY, ScriptedModel, calls
+from .conftest import KEY, POLICY, ScriptedModel, calls
 from .graphs import state_graph
 
 THREAD = {"configurable": {"thread_id": "q-1"}}
 
 
 def answer_when_asked(store: AuditStore, approved: bool) -> threading.Thread:
+    """A person answering from another shell: `tether approvals approve|deny ID`, once the request waits."""
+
     def run() -> None:
         queue = ApprovalQueue(store)
-        for _ in range(400):
+        for _ in range(600):
             pending = queue.entries()
             if pending:
-                queue.answer(pending[0].id, approved=approved, by="alice")
+                env = {**os.environ, "TETHER_STORE": store.engine.url.render_as_string(), "TETHER_KEY": KEY.decode()}
+                verb = "approve" if approved else "deny"
+                command = [sys.executable, "-m", "tether.core.cli", "approvals", verb, pending[0].id, "--as", "alice"]
+                answers.append(subprocess.run(command, env=env, capture_output=True, text=True))
                 return
             time.sleep(0.05)
 
+    answers: list[subprocess.CompletedProcess[str]] = []
     thread = threading.Thread(target=run, daemon=True)
+    thread.answers = answers  # type: ignore[attr-defined]
     thread.start()
     return thread
 
@@ -40,6 +50,8 @@ def test_queue_approval_runs_the_call_once(store: AuditStore, tools, ran) -> Non
         {"messages": [HumanMessage("x")]}, THREAD
     )
     helper.join()
+    [answered] = helper.answers  # type: ignore[attr-defined]
+    assert answered.returncode == 0, answered.stderr
     assert ran.count("refund") == 1
     kinds = [e.kind for e in store.session_events("q-1")]
     assert kinds.count("approval.answer") == 1 and kinds.count("approval") == 1
