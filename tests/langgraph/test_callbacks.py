@@ -6,6 +6,8 @@ import asyncio
 
 import pytest
 from langchain_core.messages import HumanMessage
+from langchain_core.tools import tool
+from langgraph.prebuilt import ToolRuntime
 
 from tether.core import Guard, ToolDenied
 from tether.langgraph import Tether
@@ -58,3 +60,19 @@ def test_handler_with_the_wrapper_only_observes(guard: Guard, tools, ran) -> Non
     assert len([e for e in events if e.kind == "tool.decision"]) == 2  # once each, by the wrapper
     decision = next(e for e in events if e.kind == "tool.decision")
     assert decision.parent_id is not None  # linked to the model response the handler recorded
+
+
+def test_handler_decides_on_what_the_model_gave_not_on_injected_arguments(guard: Guard, ran) -> None:
+    @tool("lookup")
+    def lookup(ticket: str, runtime: ToolRuntime) -> str:
+        """Read a ticket."""
+        ran.calls.append(("lookup", {"ticket": ticket}))
+        return f"ticket {ticket} in thread {runtime.config['configurable']['thread_id']}"
+
+    model = ScriptedModel(script=[calls(("lookup", {"ticket": "8"}, "c1"))])
+    handler = Tether(guard, agent="support-bot").callback_handler()
+    state_graph(model, [lookup], None).invoke({"messages": [HumanMessage("x")]}, config(handler))
+    assert ran.count("lookup") == 1
+    assert model.tool_replies()["c1"] == "ticket 8 in thread h-1"
+    [decision] = [e for e in guard.store.session_events("h-1") if e.kind == "tool.decision"]
+    assert decision.details["args"] == {"ticket": "8"}

@@ -127,7 +127,7 @@ class Tether:
 
     def call_id_of(self, tool: str, args: Any) -> str | None:
         """The id of a proposed call with this tool and these arguments, for callbacks that do
-        not carry it (langchain-core before 1.1)."""
+        not carry it (older langchain-core releases)."""
         return self._proposed.get(_fingerprint(tool, args))
 
     # -- ToolNode / AgentMiddleware wrappers -------------------------------------------------

@@ -81,7 +81,7 @@ class TetherCallbackHandler(BaseCallbackHandler):
             return
         session = self.tether.session_for(_config(kwargs))
         name = (serialized or {}).get("name") or kwargs.get("name") or "unknown"
-        args = inputs if inputs is not None else {"input": input_str}
+        args = _model_given(inputs) if inputs is not None else {"input": input_str}
         call_id = kwargs.get("tool_call_id") or self.tether.call_id_of(name, args)
         decision = session.before_tool(name, args, call_id=call_id, caused_by=self.tether.cause_of(call_id))
         decision = session.resolve(decision)
@@ -115,6 +115,15 @@ class TetherCallbackHandler(BaseCallbackHandler):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> TetherCallbackHandler:
         return self  # LangChain copies configs; one handler must stay one handler
+
+
+def _model_given(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments the model gave, without those LangGraph injects (runtime, store): older
+    langchain-core releases pass them to callbacks too."""
+    from langgraph.prebuilt import ToolRuntime
+    from langgraph.store.base import BaseStore
+
+    return {k: v for k, v in inputs.items() if not isinstance(v, (ToolRuntime, BaseStore))}
 
 
 def _config(kwargs: dict[str, Any]) -> dict[str, Any]:
