@@ -100,3 +100,12 @@ def test_astream_agent_pauses_and_resumes(guard: Guard, tools, ran) -> None:
 
     asyncio.run(run())
     assert ran.calls == [("refund", {"order": "A", "amount": 100})]
+
+
+def test_agent_without_checkpointer_says_what_to_add(guard: Guard, tools, ran) -> None:
+    from tether.langgraph import BreakpointError
+
+    model = ScriptedModel(script=[calls(("refund", {"order": "A", "amount": 100}, "r1"))])
+    with pytest.raises(BreakpointError, match=r"compile it with a checkpointer .* approvals='queue'"):
+        agent(model, tools, Tether(guard, agent="support-bot")).invoke({"messages": [HumanMessage("x")]}, THREAD)
+    assert ran.calls == []
