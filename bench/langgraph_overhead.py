@@ -15,6 +15,7 @@ import gc
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,22 @@ def timed_session_methods() -> dict[str, list[float]]:
     return times
 
 
+def on_new_threads(call: Any, repeat: int) -> list[float]:
+    """Wall time of ``call`` run on a thread started for it, as ToolNode's per-invocation pool does."""
+    out: list[float] = []
+
+    def timed() -> None:
+        start = time.perf_counter_ns()
+        call()
+        out.append((time.perf_counter_ns() - start) / 1000)
+
+    for _ in range(repeat):
+        thread = threading.Thread(target=timed)
+        thread.start()
+        thread.join()
+    return out
+
+
 def alternating(a: Any, b: Any, calls: int) -> tuple[list[float], list[float]]:
     """Per-call wall times of ``a`` and ``b``, called in turns (GC paused, as in _timing)."""
     for _ in range(30):
@@ -107,6 +124,9 @@ def main() -> None:
             lambda: session.before_tool("noop", {"x": 1}), 2000
         )
         parts["after_tool alone, outside the graph"] = latencies_us(lambda: session.after_tool(decision, "ok"), 2000)
+        parts["before_tool alone, each on a new thread (as a sync ToolNode runs it)"] = on_new_threads(
+            lambda: session.before_tool("noop", {"x": 1}), 1000
+        )
         guard.close()
 
     base, _ = summary(runs["plain"])
