@@ -213,3 +213,28 @@ def test_agent_and_session_come_from_the_graph(store, tools, ran) -> None:
     config = {"configurable": {"thread_id": "conv-10", "tether_agent": "researcher", "tether_session": "case-7"}}
     state_graph(model2, tools, Tether(guard)).invoke({"messages": [HumanMessage("x")]}, config)
     assert [e.agent for e in store.session_events("case-7") if e.kind == "tool.decision"] == ["researcher"]
+
+
+def test_async_parallel_breakpoints_pause_together(guard: Guard, tools, ran) -> None:
+    model = ScriptedModel(
+        script=[
+            calls(
+                ("refund", {"order": "A", "amount": 100}, "r1"),
+                ("lookup", {"ticket": "1"}, "l1"),
+                ("refund", {"order": "B", "amount": 200}, "r2"),
+            )
+        ]
+    )
+    graph = state_graph(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
+
+    async def run() -> None:
+        paused = await graph.ainvoke({"messages": [HumanMessage("refunds")]}, THREAD)
+        [pause] = paused["__interrupt__"]
+        assert [r["tool_call_id"] for r in pause.value["requests"]] == ["r1", "r2"]
+        assert ran.calls == []
+        await graph.ainvoke(Command(resume={"r1": "deny", "r2": "approve"}), THREAD)
+
+    asyncio.run(run())
+    assert ran.calls.count(("refund", {"order": "B", "amount": 200})) == 1
+    assert ran.count("refund") == 1 and ran.count("lookup") == 1
+    assert set(model.tool_replies()) == {"r1", "r2", "l1"}
