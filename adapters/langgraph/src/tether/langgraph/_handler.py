@@ -10,7 +10,7 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage
 
-from tether.core import Decision, ToolDenied
+from tether.core import Decision, TetherError, ToolDenied
 
 from ._guard import decided_here, transcript
 
@@ -50,6 +50,8 @@ class TetherCallbackHandler(BaseCallbackHandler):
         session = self.tether.session_for(_config(kwargs))
         model = (kwargs.get("metadata") or {}).get("ls_model_name") or (serialized or {}).get("name")
         asked = session.before_model(transcript(messages[0] if messages else []), model=model)
+        if not asked.allowed:  # a callback cannot change what the model is sent, only stop it
+            raise TetherError(f"Tether withheld this model request: {asked.reason}")
         self._keep(self._models, run_id, (session, asked.event_id))
 
     def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:

@@ -31,15 +31,21 @@ class TetherMiddleware(AgentMiddleware):
 
     def wrap_model_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
         session = self.tether.session_for(None)
-        asked = session.before_model(transcript(request.messages), model=_model_name(request.model))
-        response = handler(request)
+        sent = transcript(request.messages)
+        asked = session.before_model(sent, model=_model_name(request.model))
+        if not asked.allowed:
+            return withheld(asked.reason)
+        response = handler(rewritten(request, sent, asked.messages))
         self._record(session, asked.event_id, response)
         return response
 
     async def awrap_model_call(self, request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
         session = self.tether.session_for(None)
-        asked = await session.abefore_model(transcript(request.messages), model=_model_name(request.model))
-        response = await handler(request)
+        sent = transcript(request.messages)
+        asked = await session.abefore_model(sent, model=_model_name(request.model))
+        if not asked.allowed:
+            return withheld(asked.reason)
+        response = await handler(rewritten(request, sent, asked.messages))
         await asyncio.to_thread(self._record, session, asked.event_id, response)
         return response
 
@@ -50,6 +56,22 @@ class TetherMiddleware(AgentMiddleware):
             return
         event_id = session.after_model(message.content, tool_calls=message.tool_calls, parent=parent)
         self.tether.remember_proposals(event_id, message.tool_calls)
+
+
+def withheld(reason: str) -> AIMessage:
+    """The model is not called: the agent's turn ends with Tether's reason."""
+    return AIMessage(f"Tether withheld this model request: {reason}")
+
+
+def rewritten(request: Any, sent: list[dict[str, Any]], allowed: Any) -> Any:
+    """The request with the message contents Tether allows the model to see (redacted values)."""
+    if allowed is sent or not isinstance(allowed, list) or len(allowed) != len(request.messages):
+        return request
+    messages = [
+        message.model_copy(update={"content": now["content"]}) if now.get("content") != was["content"] else message
+        for message, was, now in zip(request.messages, sent, allowed, strict=True)
+    ]
+    return request.override(messages=messages)
 
 
 def _model_name(model: Any) -> str | None:
