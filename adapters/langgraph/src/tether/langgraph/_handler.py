@@ -30,7 +30,8 @@ class TetherCallbackHandler(BaseCallbackHandler):
     with the reason; use the ToolNode wrapper or the middleware to hand the model a refusal
     instead). A call that needs approval waits on the guard's approver; without one it is denied.
     Calls already decided by Tether's wrapper or middleware are only observed, and a handler
-    attached twice decides each call once.
+    attached twice decides each call once. A callback cannot change what a tool returns or what
+    a model is sent: for redacted outputs and requests, use the wrapper or the middleware.
     """
 
     raise_error = True  # LangChain swallows handler errors otherwise: a denial must stop the call
