@@ -54,11 +54,16 @@ class Detector:
         return not self.starts or char in self.starts
 
 
+_OPTIONS = re2.Options()
+_OPTIONS.log_errors = False  # a bad pattern is reported by the exception, not on stderr
+
+
 def compile_pattern(pattern: str | bytes) -> re2._Regexp:
     try:
-        return re2.compile(pattern)
+        return re2.compile(pattern, _OPTIONS)
     except re2.error as exc:
-        raise TetherError(f"invalid pattern {pattern!r}: {exc}") from None
+        why = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise TetherError(f"invalid pattern {pattern!r}: {why}") from None
 
 
 # -- checksums --------------------------------------------------------------------------------

@@ -111,3 +111,22 @@ def _mask(kind: str, secret: str, key: bytes) -> str:
     if kind == "payment_card":
         return f"[card:…{secret[-4:]}:{tag}]"
     return f"[{kind}:{tag}]"
+
+
+def mask_values(value: Plain, spans: frozenset[str], key: bytes, classifier: Classifier = DEFAULT) -> Plain:
+    """``value`` with every detected value in ``spans`` replaced by its stable placeholder (the
+    same value always gets the same placeholder, so an agent can still tell values apart)."""
+    if isinstance(value, str):
+        text, findings = classifier.classify(value)
+        parts, pos = [], 0
+        for found in findings:
+            secret = text[found.start : found.end]
+            if secret in spans:
+                parts += [text[pos : found.start], _mask(found.kind, secret, key)]
+                pos = found.end
+        return "".join(parts) + text[pos:] if parts else value
+    if isinstance(value, dict):
+        return {name: mask_values(item, spans, key, classifier) for name, item in value.items()}
+    if isinstance(value, list):
+        return [mask_values(item, spans, key, classifier) for item in value]
+    return value
