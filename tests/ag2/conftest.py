@@ -102,7 +102,7 @@ class Tools:
 
 def call(name: str, call_id: str | None = None, raw: str | None = None, **args: Any) -> ToolCallEvent:
     """A tool call as the model emits it (``raw``: the arguments' text exactly as sent)."""
-    extra = {"id": call_id} if call_id else {}
+    extra: dict[str, Any] = {"id": call_id} if call_id else {}
     return ToolCallEvent(name, arguments=raw if raw is not None else json.dumps(args), **extra)
 
 

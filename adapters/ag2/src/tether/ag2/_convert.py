@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,7 +78,7 @@ def _event(event: BaseEvent) -> dict[str, Any]:
 def hitl_question(decision: Decision, key: bytes) -> str:
     """The question put to a person through AG2's human input, with arguments redacted as in the audit."""
     try:
-        shown = preview(to_plain(decision.args, "args"), key).value
+        shown = json.dumps(preview(to_plain(decision.args, "args"), key).value, ensure_ascii=False, default=str)
     except UnsupportedValueError:
         shown = "<unreadable arguments>"
     return (
