@@ -358,3 +358,18 @@ def test_model_input_is_recorded_once_per_step(guard: Guard, tools: Tools) -> No
     first, second = events(guard, "model.request")
     assert first.details["messages"] == [{"type": "ModelRequest", "content": ["where is order A1?"]}]
     assert json.dumps(second.details["messages"]).count("order A1: 2 items") == 1
+
+
+def test_a_running_ag2_task_is_the_session(guard: Guard, tools: Tools) -> None:
+    agent = make_agent(tools, scripted(call("lookup_order", order_id="A1"), "done"), [TetherMiddleware(guard)])
+
+    async def in_task() -> str:
+        async with agent.task("refund order A1") as task:
+            await agent.ask("go", dependencies={"ag2.task": task})
+            return task.task_id
+
+    task_id = asyncio.run(in_task())
+
+    [decision] = events(guard, "tool.decision")
+    assert decision.session_id == task_id
+    assert decision.details["context"]["task"] == task_id
