@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tether.ag2 import TetherMiddleware, guard_agent
-from tether.core import AuditStore, Guard, QueueApprover
+from tether.core import AuditStore, Guard, QueueApprover, StoreError
 from tether.core.approvals.queue import ApprovalQueue
 
 from .conftest import (
@@ -373,3 +373,32 @@ def test_a_running_ag2_task_is_the_session(guard: Guard, tools: Tools) -> None:
     [decision] = events(guard, "tool.decision")
     assert decision.session_id == task_id
     assert decision.details["context"]["task"] == task_id
+
+
+def break_store(store: AuditStore) -> None:
+    """Take the audit table away, as a failed disk or a wrong database would."""
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE tether_audit_events")
+
+
+def test_store_down_the_tool_does_not_run(guard: Guard, tools: Tools) -> None:
+    config = scripted(call("lookup_order", order_id="A1"), "done")
+    agent = make_agent(tools, config, [TetherMiddleware(guard, record_model=False)])
+    break_store(guard.store)
+
+    ask(agent)
+
+    assert tools.runs["lookup_order"] == 0
+    assert "denied to stay safe" in model_saw(config)
+
+
+def test_store_down_a_model_call_that_cannot_be_recorded_ends_the_turn(guard: Guard, tools: Tools) -> None:
+    config = scripted(call("lookup_order", order_id="A1"), "done")
+    agent = make_agent(tools, config, [TetherMiddleware(guard)])
+    break_store(guard.store)
+
+    with pytest.raises(StoreError):
+        ask(agent)
+
+    assert tools.runs["lookup_order"] == 0
+    assert config.mock.call_count == 0  # the model was not called unrecorded
