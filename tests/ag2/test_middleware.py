@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -402,3 +404,33 @@ def test_store_down_a_model_call_that_cannot_be_recorded_ends_the_turn(guard: Gu
 
     assert tools.runs["lookup_order"] == 0
     assert config.mock.call_count == 0  # the model was not called unrecorded
+
+
+def test_a_pending_approval_does_not_hold_up_other_runs(guard: Guard, tools: Tools) -> None:
+    queue = ApprovalQueue(guard.store)
+
+    def answer_after_the_other_run() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (tools.runs["lookup_order"] and queue.entries()):
+            time.sleep(0.05)
+        pending = queue.entries()
+        # Approve only if the other run got its tool call through while this one waited.
+        queue.answer(pending[0].id, approved=bool(tools.runs["lookup_order"]), by="alice")
+
+    async def both() -> None:
+        waiting = make_agent(tools, scripted(call("issue_refund", order_id="A1", amount=120), "done"), [])
+        other = make_agent(tools, scripted(call("lookup_order", order_id="B2"), "done"), [])
+        guard_agent(waiting, guard)
+        guard_agent(other, guard)
+        first = asyncio.ensure_future(waiting.ask("refund A1"))
+        while not queue.entries():  # the refund is waiting for a person
+            await asyncio.sleep(0.01)
+        await other.ask("where is B2?")
+        await first
+
+    answerer = threading.Thread(target=answer_after_the_other_run, daemon=True)
+    answerer.start()
+    asyncio.run(both())
+    answerer.join(5)
+
+    assert tools.runs == {"lookup_order": 1, "issue_refund": 1}
