@@ -71,3 +71,13 @@ def adapter_tests(session: nox.Session, adapter: str, *framework: str, tests: st
 
 
 # -- adapters: one session per framework line, parametrized over the versions users run ---------
+
+
+@nox.session(name="ag2")
+@nox.parametrize("version", ["1.0.0", "1.2.1"], ids=["oldest", "newest"])
+def ag2_adapter(session: nox.Session, version: str) -> None:
+    """The AG2 1.x middleware on the oldest and newest AG2 1.x releases (the middleware API of 1.0)."""
+    adapter_tests(session, "ag2", f"ag2=={version}")
+
+
+nox.options.sessions.append("ag2")
