@@ -231,7 +231,9 @@ def _install(agent: ConversableAgent, reg: Registration) -> None:
                 log.exception("Tether could not record the proposal of a tool call")
         return False, None  # never answers: the agent's own reply functions run next
 
-    agent.register_reply([Agent, None], _record_proposal, position=0)
+    # ConversableAgent first: the match then costs one plain isinstance; `Agent` is a runtime
+    # Protocol whose isinstance check is slow, so it is only reached for other senders.
+    agent.register_reply([ConversableAgent, Agent, None], _record_proposal, position=0)
     if getattr(agent, "llm_config", None):
         agent.register_hook("process_message_before_send", _message_hook(reg))
 
