@@ -241,7 +241,7 @@ def test_the_models_text_replies_are_recorded(guard: Guard, tools: Tools, store:
 
 def test_group_chat_is_governed_in_the_proposers_name(guard: Guard, tools: Tools, store: AuditStore) -> None:
     bot, researcher, user = assistant(), assistant("researcher"), executor()
-    tools.register(bot, user, "lookup", "send_email")
+    tools.register(bot, user, "lookup")
     tools.register(researcher, user, "send_email")
     script(bot, tool_call("lookup", {"query": "order 7"}), say("done"))
     seen = script(researcher, tool_call("send_email", {"to": "bob@acme.example", "body": "hi"}), say("TERMINATE"))
