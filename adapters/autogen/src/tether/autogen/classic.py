@@ -20,9 +20,9 @@ emitted it), found by a reply function the executor runs first on each message i
 executing agent is recorded in the events' context. A call whose proposal was not seen (someone
 calls ``execute_function`` directly) is decided in the executor's name.
 
-The session: one per conversation. Starting a chat with cleared history (``initiate_chat``,
-``a_initiate_chat``, ``run``) on a registered agent begins a new session; pass ``session_id`` to
-fix it instead.
+The session: one per conversation. A top-level chat started with cleared history
+(``initiate_chat``, ``a_initiate_chat``, ``run``) through a registered agent begins a new
+session; a nested chat stays in its parent's; pass ``session_id`` to fix it instead.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ class Registration:
         self._user, self._tenant = user, tenant
         self._current: contextvars.ContextVar[str | None] = contextvars.ContextVar("tether_autogen", default=None)
         self._last: str | None = None  # for calls run outside the conversation's context (worker threads)
+        self._depth: contextvars.ContextVar[int] = contextvars.ContextVar("tether_autogen_depth", default=0)
         self._lock = threading.Lock()
         self._sessions: OrderedDict[tuple[str, str, str], Session] = OrderedDict()
         self._proposals: OrderedDict[object, _Proposal] = OrderedDict()
@@ -101,6 +102,21 @@ class Registration:
         self._last = os.urandom(16).hex()
         self._current.set(self._last)
         return self._last
+
+    def enter_chat(self, clear_history: bool) -> contextvars.Token[int]:
+        """A chat starts: a new session, unless it is nested in a running one (or continues one)."""
+        depth = self._depth.get()
+        if depth == 0 and clear_history:
+            self.new_conversation()
+        return self._depth.set(depth + 1)
+
+    def leave_chat(self, token: contextvars.Token[int]) -> None:
+        self._depth.reset(token)
+
+    def chat_prepared(self, clear_history: bool) -> None:
+        """A chat reached a registered agent whose initiator is not registered."""
+        if clear_history and self._depth.get() == 0:
+            self.new_conversation()
 
     def session(self, agent: str, executor: str) -> Session:
         key = (agent, self.session_id, executor)
@@ -209,14 +225,7 @@ def _install(agent: ConversableAgent, reg: Registration) -> None:
     agent.__dict__[_ATTR] = reg
     agent.execute_function = _guarded(agent, reg, agent.execute_function)  # type: ignore[method-assign]
     agent.a_execute_function = _aguarded(agent, reg, agent.a_execute_function)  # type: ignore[method-assign]
-    prepare = agent._prepare_chat
-
-    def _prepare_chat(recipient: Any, clear_history: bool, *args: Any, **kwargs: Any) -> None:
-        prepare(recipient, clear_history, *args, **kwargs)
-        if clear_history:
-            reg.new_conversation()
-
-    agent._prepare_chat = _prepare_chat  # type: ignore[method-assign]
+    _track_chats(agent, reg)
 
     def _record_proposal(
         recipient: ConversableAgent,
@@ -236,6 +245,33 @@ def _install(agent: ConversableAgent, reg: Registration) -> None:
     agent.register_reply([ConversableAgent, Agent, None], _record_proposal, position=0)
     if getattr(agent, "llm_config", None):
         agent.register_hook("process_message_before_send", _message_hook(reg))
+
+
+def _track_chats(agent: ConversableAgent, reg: Registration) -> None:
+    """Sessions follow chats: a top-level chat starts one, a nested chat stays in its parent's."""
+    initiate, a_initiate, prepare = agent.initiate_chat, agent.a_initiate_chat, agent._prepare_chat
+
+    def initiate_chat(recipient: Any, *args: Any, **kwargs: Any) -> Any:
+        token = reg.enter_chat(bool(kwargs.get("clear_history", args[0] if args else True)))
+        try:
+            return initiate(recipient, *args, **kwargs)
+        finally:
+            reg.leave_chat(token)
+
+    async def a_initiate_chat(recipient: Any, *args: Any, **kwargs: Any) -> Any:
+        token = reg.enter_chat(bool(kwargs.get("clear_history", args[0] if args else True)))
+        try:
+            return await a_initiate(recipient, *args, **kwargs)
+        finally:
+            reg.leave_chat(token)
+
+    def _prepare_chat(recipient: Any, clear_history: bool, *args: Any, **kwargs: Any) -> None:
+        prepare(recipient, clear_history, *args, **kwargs)
+        reg.chat_prepared(clear_history)
+
+    agent.initiate_chat = initiate_chat  # type: ignore[method-assign]
+    agent.a_initiate_chat = a_initiate_chat  # type: ignore[method-assign]
+    agent._prepare_chat = _prepare_chat  # type: ignore[method-assign]
 
 
 def _message_hook(reg: Registration) -> Callable[..., Any]:
