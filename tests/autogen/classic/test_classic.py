@@ -394,3 +394,15 @@ def test_legacy_function_calls_are_governed(guard: Guard, tools: Tools, store: A
     decisions = events(store, "tool.decision")
     assert [(d.agent, d.verdict) for d in decisions] == [("assistant", "allow"), ("assistant", "deny")]
     assert all(d.parent_id for d in decisions)  # linked to the model message that proposed them
+
+
+def test_reused_call_ids_link_each_call_to_its_own_message(guard: Guard, tools: Tools, store: AuditStore) -> None:
+    first, second = tool_call("lookup", {"query": "a"}), tool_call("lookup", {"query": "b"})
+    second["tool_calls"][0]["id"] = first["tool_calls"][0]["id"]  # some local models number calls per message
+    bot, user, _ = pair(guard, tools, first, second)
+    chat(user, bot)
+
+    assert tools.ran == [("lookup", {"query": "a"}), ("lookup", {"query": "b"})]
+    responses = [e.event_id for e in events(store, "model.response") if e.details["tool_calls"]]
+    assert [d.parent_id for d in events(store, "tool.decision")] == responses
+    assert len(set(responses)) == 2

@@ -60,6 +60,7 @@ Result = tuple[bool, dict[str, Any]]
 class _Proposal:
     agent: str  # who proposed the call
     event_id: str  # the audit event of the message that proposed it
+    keys: tuple[object, ...]  # how it is found again
 
 
 @dataclass(frozen=True)
@@ -135,16 +136,19 @@ class Registration:
         calls = _calls_of(message)
         if not calls:
             return
-        keys = [k for name, raw, call_id in calls for k in _keys(call_id, name, raw)]
+        proposer, sid = _proposer(message, sender, executor), self.session_id
+        keyed = [(_keys(sid, call_id, name, raw)) for name, raw, call_id in calls]
         with self._lock:
-            if any(k in self._proposals for k in keys if not isinstance(k, tuple)):
-                return  # already recorded (a group chat shows the message to several agents)
-        proposer = _proposer(message, sender, executor)
+            seen = [self._proposals.get(keys[0]) for keys in keyed]
+        if all(p is not None and p.agent == proposer for p in seen) and all(len(k) > 1 for k in keyed):
+            return  # already recorded: a group chat shows the message to several agents
         listed = [{"id": call_id, "name": name} for name, _, call_id in calls]
         event_id = self.session(proposer, executor.name).after_model(dict(message), tool_calls=listed)
         with self._lock:
-            for key in keys:
-                _remember(self._proposals, key, _Proposal(proposer, event_id))
+            for keys in keyed:
+                proposal = _Proposal(proposer, event_id, keys)
+                for key in keys:
+                    _remember(self._proposals, key, proposal)
 
     def record_message(self, sender: ConversableAgent, message: Any) -> None:
         """Record what a model-backed agent says (its tool calls are recorded where they run)."""
@@ -153,9 +157,16 @@ class Registration:
         self.session(sender.name, sender.name).after_model(message)
 
     def _take(self, call_id: str | None, name: str, raw: object) -> _Proposal | None:
+        """The proposal of a call about to run, forgotten once found (a call runs once)."""
         with self._lock:
-            found = [self._proposals.pop(k, None) for k in _keys(call_id, name, raw)]
-        return next((p for p in found if p is not None), None)
+            for key in _keys(self.session_id, call_id, name, raw):
+                found = self._proposals.get(key)
+                if found is not None:
+                    for other in found.keys:
+                        if self._proposals.get(other) is found:
+                            del self._proposals[other]
+                    return found
+        return None
 
     # -- the gate ------------------------------------------------------------------------
 
@@ -385,10 +396,11 @@ def _calls_of(message: Mapping[str, Any]) -> list[tuple[str, object, str | None]
     return calls
 
 
-def _keys(call_id: str | None, name: str, raw: object) -> list[object]:
-    """How a proposal is found again: by call id, and by (name, arguments) for versions that pass no id."""
-    by_content = (name, raw if isinstance(raw, str) else repr(raw))
-    return [call_id, by_content] if call_id else [by_content]
+def _keys(session_id: str, call_id: str | None, name: str, raw: object) -> tuple[object, ...]:
+    """How a proposal is found again, within its session: by call id, then by (name, arguments)
+    for versions that pass no id to ``execute_function`` (pyautogen 0.2)."""
+    by_content = (session_id, name, raw if isinstance(raw, str) else repr(raw))
+    return ((session_id, call_id), by_content) if call_id else (by_content,)
 
 
 def _proposer(message: Mapping[str, Any], sender: Agent | None, executor: ConversableAgent) -> str:
