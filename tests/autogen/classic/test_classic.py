@@ -180,7 +180,7 @@ def test_an_adapter_failure_denies(guard: Guard, tools: Tools, monkeypatch: pyte
         raise RuntimeError("boom")
 
     bot, user, seen = pair(guard, tools, tool_call("lookup", {"query": "x"}))
-    monkeypatch.setattr(Registration, "prepare", broken)
+    monkeypatch.setattr(Registration, "_prepare", broken)
     chat(user, bot)
 
     assert tools.ran == []

@@ -104,22 +104,22 @@ class Registration:
         self._current.set(self._last)
         return self._last
 
-    def enter_chat(self, clear_history: bool) -> contextvars.Token[int]:
+    def _enter_chat(self, clear_history: bool) -> contextvars.Token[int]:
         """A chat starts: a new session, unless it is nested in a running one (or continues one)."""
         depth = self._depth.get()
         if depth == 0 and clear_history:
             self.new_conversation()
         return self._depth.set(depth + 1)
 
-    def leave_chat(self, token: contextvars.Token[int]) -> None:
+    def _leave_chat(self, token: contextvars.Token[int]) -> None:
         self._depth.reset(token)
 
-    def chat_prepared(self, clear_history: bool) -> None:
+    def _chat_prepared(self, clear_history: bool) -> None:
         """A chat reached a registered agent whose initiator is not registered."""
         if clear_history and self._depth.get() == 0:
             self.new_conversation()
 
-    def session(self, agent: str, executor: str) -> Session:
+    def _session(self, agent: str, executor: str) -> Session:
         key = (agent, self.session_id, executor)
         with self._lock:
             found = self._sessions.get(key)
@@ -131,7 +131,7 @@ class Registration:
 
     # -- what the model proposed ---------------------------------------------------------
 
-    def record_proposal(self, executor: ConversableAgent, message: Mapping[str, Any], sender: Agent | None) -> None:
+    def _record_proposal(self, executor: ConversableAgent, message: Mapping[str, Any], sender: Agent | None) -> None:
         """Record a message carrying tool calls, in its proposer's name, once per message."""
         calls = _calls_of(message)
         if not calls:
@@ -143,18 +143,18 @@ class Registration:
         if all(p is not None and p.agent == proposer for p in seen) and all(len(k) > 1 for k in keyed):
             return  # already recorded: a group chat shows the message to several agents
         listed = [{"id": call_id, "name": name} for name, _, call_id in calls]
-        event_id = self.session(proposer, executor.name).after_model(dict(message), tool_calls=listed)
+        event_id = self._session(proposer, executor.name).after_model(dict(message), tool_calls=listed)
         with self._lock:
             for keys in keyed:
                 proposal = _Proposal(proposer, event_id, keys)
                 for key in keys:
                     _remember(self._proposals, key, proposal)
 
-    def record_message(self, sender: ConversableAgent, message: Any) -> None:
+    def _record_message(self, sender: ConversableAgent, message: Any) -> None:
         """Record what a model-backed agent says (its tool calls are recorded where they run)."""
         if isinstance(message, Mapping) and (_calls_of(message) or message.get("role") in ("tool", "function")):
             return
-        self.session(sender.name, sender.name).after_model(message)
+        self._session(sender.name, sender.name).after_model(message)
 
     def _take(self, call_id: str | None, name: str, raw: object) -> _Proposal | None:
         """The proposal of a call about to run, forgotten once found (a call runs once)."""
@@ -170,7 +170,7 @@ class Registration:
 
     # -- the gate ------------------------------------------------------------------------
 
-    def prepare(self, agent: ConversableAgent, func_call: Mapping[str, Any], call_id: str | None) -> _Call:
+    def _prepare(self, agent: ConversableAgent, func_call: Mapping[str, Any], call_id: str | None) -> _Call:
         name = str(func_call.get("name") or "")
         raw = func_call.get("arguments", "{}")
         args: Any = None
@@ -184,11 +184,11 @@ class Registration:
             args = {"unparsed_arguments": raw}
         proposal = self._take(call_id, name, raw)
         proposer = proposal.agent if proposal else agent.name
-        session = self.session(proposer, agent.name)
+        session = self._session(proposer, agent.name)
         return _Call(session, name, args, call_id, proposal.event_id if proposal else None, parsed)
 
     @property
-    def monitoring(self) -> bool:
+    def _monitoring(self) -> bool:
         return self.guard.mode is Mode.MONITOR
 
 
@@ -246,7 +246,7 @@ def _install(agent: ConversableAgent, reg: Registration) -> None:
     ) -> tuple[bool, None]:
         if messages:
             try:
-                reg.record_proposal(recipient, messages[-1], sender)
+                reg._record_proposal(recipient, messages[-1], sender)
             except Exception:  # the calls are still decided (in the executor's name) when they run
                 log.exception("Tether could not record the proposal of a tool call")
         return False, None  # never answers: the agent's own reply functions run next
@@ -263,22 +263,22 @@ def _track_chats(agent: ConversableAgent, reg: Registration) -> None:
     initiate, a_initiate, prepare = agent.initiate_chat, agent.a_initiate_chat, agent._prepare_chat
 
     def initiate_chat(recipient: Any, *args: Any, **kwargs: Any) -> Any:
-        token = reg.enter_chat(bool(kwargs.get("clear_history", args[0] if args else True)))
+        token = reg._enter_chat(bool(kwargs.get("clear_history", args[0] if args else True)))
         try:
             return initiate(recipient, *args, **kwargs)
         finally:
-            reg.leave_chat(token)
+            reg._leave_chat(token)
 
     async def a_initiate_chat(recipient: Any, *args: Any, **kwargs: Any) -> Any:
-        token = reg.enter_chat(bool(kwargs.get("clear_history", args[0] if args else True)))
+        token = reg._enter_chat(bool(kwargs.get("clear_history", args[0] if args else True)))
         try:
             return await a_initiate(recipient, *args, **kwargs)
         finally:
-            reg.leave_chat(token)
+            reg._leave_chat(token)
 
     def _prepare_chat(recipient: Any, clear_history: bool, *args: Any, **kwargs: Any) -> None:
         prepare(recipient, clear_history, *args, **kwargs)
-        reg.chat_prepared(clear_history)
+        reg._chat_prepared(clear_history)
 
     agent.initiate_chat = initiate_chat  # type: ignore[method-assign]
     agent.a_initiate_chat = a_initiate_chat  # type: ignore[method-assign]
@@ -288,7 +288,7 @@ def _track_chats(agent: ConversableAgent, reg: Registration) -> None:
 def _message_hook(reg: Registration) -> Callable[..., Any]:
     def _record_message(sender: ConversableAgent, message: Any, recipient: Any = None, silent: Any = None) -> Any:
         try:
-            reg.record_message(sender, message)
+            reg._record_message(sender, message)
         except Exception:  # recording is best effort here; tool calls are still decided where they run
             log.exception("Tether could not record a message")
         return message
@@ -300,7 +300,7 @@ def _guarded(agent: ConversableAgent, reg: Registration, original: Callable[...,
     def execute_function(func_call: dict[str, Any], *args: Any, **kwargs: Any) -> Result:
         call_id = _call_id(args, kwargs)
         try:
-            call = reg.prepare(agent, func_call, call_id)
+            call = reg._prepare(agent, func_call, call_id)
             decision = call.session.before_tool(call.name, call.args, call_id=call_id, caused_by=call.caused_by)
             if decision.needs_approval:
                 decision = call.session.resolve(decision)
@@ -326,13 +326,13 @@ def _aguarded(
     async def a_execute_function(func_call: dict[str, Any], *args: Any, **kwargs: Any) -> Result:
         call_id = _call_id(args, kwargs)
         try:
-            call = reg.prepare(agent, func_call, call_id)
+            call = reg._prepare(agent, func_call, call_id)
             decision = await call.session.abefore_tool(call.name, call.args, call_id=call_id, caused_by=call.caused_by)
             if decision.needs_approval:
                 decision = await call.session.aresolve(decision)
         except Exception as exc:
             log.exception("Tether failed while deciding on a function call")
-            if reg.monitoring:  # monitor mode never blocks, not even on Tether's own failure
+            if reg._monitoring:  # monitor mode never blocks, not even on Tether's own failure
                 return await original(func_call, *args, **kwargs)
             return _failed(reg, func_call, exc, None)
         if not decision.allowed:
@@ -373,7 +373,7 @@ def _failed(
     reg: Registration, func_call: Mapping[str, Any], exc: Exception, run: Callable[[], Result] | None
 ) -> Result:
     """Tether itself failed: deny (fail closed), unless the policy only monitors."""
-    if reg.monitoring and run is not None:  # monitor mode never blocks, not even on Tether's own failure
+    if reg._monitoring and run is not None:  # monitor mode never blocks, not even on Tether's own failure
         return run()
     name = str(func_call.get("name") or "")
     return False, _refused(name, f"Tether denied the call to '{name}': Tether failed ({type(exc).__name__})")
