@@ -176,7 +176,7 @@ class Registration:
         args: Any = None
         if isinstance(raw, str):
             try:  # the framework's own parsing, so both read the same arguments
-                args = json.loads(agent._format_json_str(raw))
+                args = json.loads(_format_json(agent, raw))
             except ValueError:
                 args = None
         parsed = isinstance(args, dict)
@@ -221,9 +221,9 @@ def register_guard(
 
 def _agents_of(target: object) -> list[ConversableAgent]:
     if isinstance(target, GroupChatManager):
-        return [*target.groupchat.agents, target]
-    if isinstance(target, GroupChat):
-        return list(target.agents)
+        return [*_agents_of(target.groupchat), target]
+    if isinstance(target, GroupChat):  # only ConversableAgents execute functions
+        return [agent for agent in target.agents if isinstance(agent, ConversableAgent)]
     if isinstance(target, ConversableAgent):
         return [target]
     if isinstance(target, Iterable) and not isinstance(target, (str, bytes, Mapping)):
@@ -235,7 +235,7 @@ def _install(agent: ConversableAgent, reg: Registration) -> None:
     """Wrap the agent's execution points on this instance only; its class is untouched."""
     agent.__dict__[_ATTR] = reg
     agent.execute_function = _guarded(agent, reg, agent.execute_function)  # type: ignore[method-assign]
-    agent.a_execute_function = _aguarded(agent, reg, agent.a_execute_function)  # type: ignore[method-assign]
+    agent.a_execute_function = _aguarded(agent, reg, agent.a_execute_function)  # type: ignore[method-assign,assignment]
     _track_chats(agent, reg)
 
     def _record_proposal(
@@ -363,6 +363,12 @@ def _to_run(func_call: dict[str, Any], call: _Call, decision: Decision) -> dict[
     if not call.parsed or dict(decision.args) == call.args:
         return func_call
     return {**func_call, "arguments": json.dumps(dict(decision.args))}
+
+
+def _format_json(agent: ConversableAgent, raw: str) -> str:
+    """AutoGen's own clean-up of model-written JSON (newlines, escapes), so both parse the same."""
+    clean: Callable[[str], str] = agent._format_json_str
+    return clean(raw)
 
 
 def _refused(name: str, text: str) -> dict[str, Any]:
