@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from typing import Any
 
 import pytest
 
 from tether.autogen.classic import register_guard
-from tether.core import ApprovalAnswer, AuditStore, Guard, QueueApprover, TetherError
+from tether.core import ApprovalAnswer, ApprovalQueue, AuditStore, Guard, QueueApprover, TetherError
 from tether.core.audit import verify
 
 from .conftest import (
@@ -406,3 +408,31 @@ def test_reused_call_ids_link_each_call_to_its_own_message(guard: Guard, tools: 
     responses = [e.event_id for e in events(store, "model.response") if e.details["tool_calls"]]
     assert [d.parent_id for d in events(store, "tool.decision")] == responses
     assert len(set(responses)) == 2
+
+
+def test_an_approval_through_the_queue_allows_exactly_one_run(store: AuditStore, tools: Tools) -> None:
+    policy = {**POLICY, "approvals": {"timeout": "60s"}}  # answered well before; no timing involved
+    guard = Guard(policy, store=store, approver=QueueApprover(store, poll=0.05))
+    refund = {"order": "A1", "amount": 120}
+    bot, user, _ = pair(guard, tools, tool_call("refund", refund), tool_call("refund", refund))
+    queue = ApprovalQueue(store)
+    answers = iter([True, False])  # the same call again needs its own answer
+
+    def answer_each() -> None:
+        answered: set[str] = set()
+        while len(answered) < 2:
+            for entry in queue.entries():
+                if entry.id not in answered:
+                    queue.answer(entry.id, approved=next(answers), by="alice")
+                    answered.add(entry.id)
+            time.sleep(0.02)
+
+    person = threading.Thread(target=answer_each, daemon=True)
+    person.start()
+    history = chat(user, bot)
+    person.join(timeout=30)
+
+    assert tools.ran == [("refund", refund)]
+    assert "refunded 120 on A1" in contents(history)
+    assert "denied by alice" in contents(history)
+    assert [e.verdict for e in events(store, "approval")] == ["allow", "deny"]
