@@ -436,3 +436,22 @@ def test_an_approval_through_the_queue_allows_exactly_one_run(store: AuditStore,
     assert "refunded 120 on A1" in contents(history)
     assert "denied by alice" in contents(history)
     assert [e.verdict for e in events(store, "approval")] == ["allow", "deny"]
+
+
+def test_an_async_group_chat_is_governed(guard: Guard, tools: Tools, store: AuditStore) -> None:
+    bot, researcher, user = assistant(), assistant("researcher"), executor()
+    tools.register(bot, user, "lookup")
+    tools.register(researcher, user, "send_email")
+    script(bot, tool_call("lookup", {"query": "order 7"}), say("done"))
+    script(researcher, tool_call("send_email", {"to": "bob@acme.example", "body": "hi"}), say("TERMINATE"))
+    group = autogen.GroupChat([user, bot, researcher], messages=[], max_round=8, speaker_selection_method=_next_speaker)
+    manager = autogen.GroupChatManager(group, llm_config=False, is_termination_msg=lambda m: "TERMINATE" in str(m))
+    register_guard(manager, guard)
+    asyncio.run(user.a_initiate_chat(manager, message="help", silent=True))
+
+    assert tools.ran == [("lookup", {"query": "order 7"})]
+    decisions = events(store, "tool.decision")
+    assert [(d.agent, d.tool, d.verdict) for d in decisions] == [
+        ("assistant", "lookup", "allow"),
+        ("researcher", "send_email", "deny"),
+    ]
