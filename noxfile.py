@@ -81,3 +81,13 @@ def ag2_adapter(session: nox.Session, version: str) -> None:
 
 
 nox.options.sessions.append("ag2")
+
+
+@nox.session(name="autogen-classic")
+@nox.parametrize("framework", ["pyautogen==0.2.35", "ag2==0.9.10", "ag2==0.14.0"])
+def autogen_classic(session: nox.Session, framework: str) -> None:
+    """The classic AutoGen API (`import autogen`): pyautogen 0.2 (oldest), ag2 0.9 and ag2 0.14 (newest 0.x)."""
+    adapter_tests(session, "autogen", framework, tests="tests/autogen/classic")
+
+
+nox.options.sessions.append("autogen-classic")
