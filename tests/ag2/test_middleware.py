@@ -434,3 +434,16 @@ def test_a_pending_approval_does_not_hold_up_other_runs(guard: Guard, tools: Too
     answerer.join(5)
 
     assert tools.runs == {"lookup_order": 1, "issue_refund": 1}
+
+
+def test_output_the_agent_is_not_cleared_for_reaches_the_model_redacted(store: AuditStore, tools: Tools) -> None:
+    policy = policy_with()
+    policy["agents"]["support-bot"]["data"] = ["network"]  # cleared for no personal data
+    guard = Guard(policy, store=store, approver=QueueApprover(store))
+    config = scripted(call("read_ticket", ticket_id="T-1"), "done")
+
+    ask(make_agent(tools, config, [TetherMiddleware(guard)]))
+
+    seen = model_saw(config)
+    assert "jane.roe@example.com" not in seen
+    assert "[email:" in seen and "@example.com" in seen  # a stable placeholder, domain kept

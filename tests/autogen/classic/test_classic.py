@@ -455,3 +455,16 @@ def test_an_async_group_chat_is_governed(guard: Guard, tools: Tools, store: Audi
         ("assistant", "lookup", "allow"),
         ("researcher", "send_email", "deny"),
     ]
+
+
+def test_output_the_agent_is_not_cleared_for_reaches_the_model_redacted(store: AuditStore, tools: Tools) -> None:
+    policy = json.loads(json.dumps(POLICY))
+    policy["agents"]["assistant"]["data"] = ["network"]  # cleared for no personal data
+    guard = Guard(policy, store=store)
+    bot, user, seen = pair(guard, tools, tool_call("fetch_ticket", {"ticket": "7"}))
+
+    history = chat(user, bot)
+
+    assert tools.count("fetch_ticket") == 1
+    assert "x@evil.example" not in contents(history) and "x@evil.example" not in contents(seen[-1])
+    assert "[email:" in contents(seen[-1])

@@ -196,7 +196,10 @@ class _TetherTurn(BaseMiddleware):
             if isinstance(result, ToolErrorEvent):
                 await session.aafter_tool(decision, None, error=result.error)
             else:
-                await session.aafter_tool(decision, output(result.result))
+                value = output(result.result)
+                seen = await session.aafter_tool(decision, value)
+                if seen is not value:  # redacted or withheld by the policy's protections
+                    return ToolResultEvent.from_call(event, result=seen)
         except Exception as exc:
             log.exception("Tether could not record the output of %s", event.name)
             if self._monitoring:

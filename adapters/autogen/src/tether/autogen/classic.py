@@ -311,11 +311,12 @@ def _guarded(agent: ConversableAgent, reg: Registration, original: Callable[...,
             return False, _refused(call.name, decision.refusal())
         ok, result = original(_to_run(func_call, call, decision), *args, **kwargs)
         try:
-            call.session.after_tool(decision, result.get("content"), error=None if ok else str(result.get("content")))
+            content = result.get("content")
+            seen = call.session.after_tool(decision, content, error=None if ok else str(content))
         except Exception:
             log.exception("Tether could not record the output of %s", call.name)
             return _unrecorded(call.name)
-        return ok, result
+        return ok, result if seen is content else {**result, "content": seen}  # redacted or withheld
 
     return execute_function
 
@@ -339,12 +340,12 @@ def _aguarded(
             return False, _refused(call.name, decision.refusal())
         ok, result = await original(_to_run(func_call, call, decision), *args, **kwargs)
         try:
-            error = None if ok else str(result.get("content"))
-            await call.session.aafter_tool(decision, result.get("content"), error=error)
+            content = result.get("content")
+            seen = await call.session.aafter_tool(decision, content, error=None if ok else str(content))
         except Exception:
             log.exception("Tether could not record the output of %s", call.name)
             return _unrecorded(call.name)
-        return ok, result
+        return ok, result if seen is content else {**result, "content": seen}  # redacted or withheld
 
     return a_execute_function
 
