@@ -72,6 +72,25 @@ def adapter_tests(session: nox.Session, adapter: str, *framework: str, tests: st
 
 # -- adapters: one session per framework line, parametrized over the versions users run ---------
 
+
+@nox.session(name="ag2")
+@nox.parametrize("version", ["1.0.0", "1.2.1"], ids=["oldest", "newest"])
+def ag2_adapter(session: nox.Session, version: str) -> None:
+    """The AG2 1.x middleware on the oldest and newest AG2 1.x releases (the middleware API of 1.0)."""
+    adapter_tests(session, "ag2", f"ag2=={version}")
+
+
+nox.options.sessions.append("ag2")
+
+
+@nox.session(name="autogen-classic")
+@nox.parametrize("framework", ["pyautogen==0.2.35", "ag2==0.9.10", "ag2==0.14.0"])
+def autogen_classic(session: nox.Session, framework: str) -> None:
+    """The classic AutoGen API (`import autogen`): pyautogen 0.2 (oldest), ag2 0.9 and ag2 0.14 (newest 0.x)."""
+    adapter_tests(session, "autogen", framework, tests="tests/autogen/classic")
+
+
+nox.options.sessions.append("autogen-classic")
 LANGGRAPH = {
     # ToolNode(wrap_tool_call=...) arrived in langgraph-prebuilt 1.0.2; langchain 1.0.0 is create_agent's first release
     "oldest": (

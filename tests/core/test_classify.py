@@ -28,6 +28,14 @@ KEY = b"k" * 32
         ("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----", "private_key"),
         ("mail bob.smith+x@mail.example.co.uk now", "email"),
         ("card 4111-1111-1111-1111 exp", "payment_card"),
+        ("IBAN DE89 3704 0044 0532 0130 00", "iban"),
+        ("to GB82WEST12345698765432 now", "iban"),
+        ("SSN 123-45-6789", "us_ssn"),
+        ("DNI 12345678Z", "es_dni"),
+        ("from 192.168.10.20 ok", "ipv4"),
+        ("call +44 20 7946 0958", "phone"),
+        ("call (415) 555-0100", "phone"),
+        ("key=Xk9fQ2pLm7RtY3vB8nW1zA5cQ", "high_entropy"),
     ],
 )
 def test_detectors_find_each_kind(text: str, kind: str) -> None:
@@ -84,3 +92,53 @@ def test_previews_are_bounded() -> None:
 @given(st.text(max_size=3000))
 def test_scanning_arbitrary_text_never_fails(text: str) -> None:
     preview(text, KEY)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("alice\u200b@exam\u200dple.com", "email"),  # zero-width characters
+        ("\u0430lice@ex\u0430mple.com", "email"),  # Cyrillic look-alike letters
+        ("\uff14\uff11\uff11\uff11 1111 1111 1111", "payment_card"),  # full-width digits
+        ("4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1", "payment_card"),  # spaced out
+        ("write to bob @ example.com", "email"),
+        ("blob Ym9iQGV4YW1wbGUuY29tIHNlbnQgdGhpcw== end", "email_base64"),  # base64 of text
+    ],
+)
+def test_the_usual_evasions_do_not_hide_a_value(text: str, kind: str) -> None:
+    assert kind in [f.kind for f in scan(text)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "DE89 3704 0044 0532 0130 01",  # IBAN with a wrong check
+        "SSN 000-12-3456",  # no such area
+        "DNI 12345678A",  # wrong letter
+        "version 1.2.300.4",  # not an address
+        "commit 0123456789abcdef0123456789abcdef01234567",  # a hash is not a secret
+        "ThisIsJustAnOrdinaryIdentifierName",  # nor is a long name
+    ],
+)
+def test_look_alikes_that_fail_their_checks_are_not_labelled(text: str) -> None:
+    assert [f.kind for f in scan(text)] == []
+
+
+def iban_for(country: str, bban: str) -> str:
+    check = 98 - int("".join(str(int(c, 36)) for c in bban + country + "00")) % 97
+    return f"{country}{check:02d}{bban}"
+
+
+@given(st.text("0123456789", min_size=18, max_size=18))
+def test_every_valid_iban_is_found_and_a_changed_digit_is_not(bban: str) -> None:
+    iban = iban_for("DE", bban)  # Germany: 18 digits after the check
+    assert [f.kind for f in scan(f"pay to {iban} today")] == ["iban"]
+    wrong = iban[:-1] + str((int(iban[-1]) + 1) % 10)
+    assert "iban" not in [f.kind for f in scan(f"pay to {wrong} today")]
+
+
+def test_input_built_to_make_regexes_backtrack_is_scanned() -> None:
+    # A backtracking engine would not finish these within the test run; RE2 takes milliseconds.
+    hostile = ["a" * 200_000 + "@", "1 " * 100_000, "-----BEGIN " * 20_000, "a." * 100_000 + "@x", "=" * 200_000]
+    for text in hostile:
+        assert isinstance(scan(text), list)

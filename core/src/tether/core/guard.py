@@ -15,13 +15,16 @@ from typing import Any
 from .approvals import ApprovalAnswer, ApprovalRequest, Approver
 from .audit.events import Kind, NewEvent
 from .audit.store import AuditStore
+from .classify import Classifier
 from .decision import ERROR_RULE, Decision, Enforcement, Ruling, ToolCall, decide, redact_args
 from .errors import StoreError, TetherError, UnsupportedValueError
 from .keys import fingerprint
 from .policy.compile import CompiledPolicy, compile_policy
 from .policy.loader import read_policy
 from .policy.schema import Mode, Policy, Trust, Verdict
-from .redact import Preview, mask, preview
+from .protect import Held, check_call, held_back, stricter
+from .provenance import content_values, fingerprints, reads_like_instructions, strings, trusted_parts
+from .redact import Preview, mask, mask_values, preview
 from .state import SessionState
 from .values import Plain, canonical_json, clean_str, to_plain
 
@@ -162,11 +165,13 @@ class Session:
     def _before_tool(self, call: ToolCall) -> Decision:
         now = time.time()
         plain, ruling = self._readable(call.args)
-        shown = preview(plain, self.guard.store.key)  # needs no session state: outside the lock
+        key, classifier = self.guard.store.key, self.guard.policy.classifier
+        shown = preview(plain, key, classifier)  # needs no session state: outside the lock
+        findings: list[str] = []
         with self._state.lock:
             self._load()
             if ruling is None:
-                ruling = self._rule_on(call.tool, plain, now)
+                ruling, findings = self._rule_on(call.tool, plain, now, shown.labels)
             decision = self._decision(call, ruling)
             event = self._event(
                 Kind.TOOL_DECISION,
@@ -186,6 +191,7 @@ class Session:
                     "allowed": decision.allowed,
                     "redacted": list(ruling.redact),
                     "error": ruling.error,
+                    "findings": findings or None,
                 },
             )
             try:
@@ -198,10 +204,17 @@ class Session:
             log.error("Tether denied %s to stay safe: %s", call.tool, ruling.error)
         return decision
 
-    def _rule_on(self, tool: str, plain: dict[str, Plain], now: float) -> Ruling:
-        return decide(
-            self.guard.policy, self._state, self.agent, tool, plain, user=self.user, tenant=self.tenant, now=now
-        )
+    def _rule_on(
+        self, tool: str, plain: dict[str, Plain], now: float, labels: frozenset[str]
+    ) -> tuple[Ruling, list[str]]:
+        """The policy's ruling on a call, made stricter by any built-in protection that fires,
+        and the protections' findings."""
+        policy = self.guard.policy
+        ruling = decide(policy, self._state, self.agent, tool, plain, user=self.user, tenant=self.tenant, now=now)
+        if ruling.verdict is Verdict.DENY:
+            return ruling, []
+        protection, findings = check_call(policy, self._state, tool, plain, labels, self.guard.store.key)
+        return stricter(ruling, protection), findings
 
     def _readable(self, args: Mapping[str, Any]) -> tuple[dict[str, Plain], Ruling | None]:
         """Arguments as plain data, or a denial saying why Tether cannot read them."""
@@ -348,8 +361,8 @@ class Session:
                 verdict, reason = Verdict.ALLOW, f"approved by {answer.approver}"
                 if answer.args is not None:
                     plain, unreadable = self._readable(answer.args)
-                    edited = preview(plain, self.guard.store.key)
-                    recheck = unreadable or self._rule_on(call.tool, plain, now)
+                    edited = preview(plain, self.guard.store.key, self.guard.policy.classifier)
+                    recheck = unreadable or self._rule_on(call.tool, plain, now, edited.labels)[0]
                     if recheck.verdict is Verdict.DENY:
                         verdict, reason = Verdict.DENY, f"edited arguments rejected: {recheck.reason}"
                         rule_ids = recheck.rule_ids
@@ -390,15 +403,20 @@ class Session:
         return final
 
     def after_tool(self, decision: Decision, output: Any = None, *, error: BaseException | str | None = None) -> Any:
-        """Record what a tool returned (or the error it raised) and return the output.
-
-        Raises :class:`StoreError` if the result cannot be recorded.
+        """Record what a tool returned (or the error it raised) and return what the agent may see:
+        the output itself, or a copy with data it may not receive redacted, or a notice that the
+        output was withheld. Raises :class:`StoreError` if the result cannot be recorded.
         """
         now = time.time()
         tool = self.guard.policy.policy.tools.get(decision.call.tool)
         untrusted = tool is None or tool.output is Trust.UNTRUSTED
         key = self.guard.store.key
-        shown = _shown(output, "output", key)
+        plain = _plain_or_text(output, "output")
+        values = sorted(fingerprints(key, content_values(plain)))
+        instructions = untrusted and reads_like_instructions(plain)
+        held = self._held(plain)
+        output, plain = _apply(held, output, plain, key, self.guard.policy.classifier, self.guard.mode)
+        shown = preview(plain, key, self.guard.policy.classifier)
         details = {
             "call_id": decision.call.call_id,
             "output": shown.value,
@@ -406,6 +424,9 @@ class Session:
             "labels": sorted(shown.labels),
             "untrusted": untrusted,
             "error": _shown(str(error), "error", key).value if error is not None else None,
+            "values": values,
+            "instructions": instructions or None,
+            "held": [f"{h.rule_id}: {h.reason} ({h.verdict.value})" for h in held] or None,
         }
         with self._state.lock:
             self._load()
@@ -413,18 +434,64 @@ class Session:
                 Kind.TOOL_RESULT, now, tool=decision.call.tool, parent=decision.event_id, details=details
             )
             self._write(event)
+            source = (decision.call.tool, event.event_id)
             if untrusted:
-                self._state.record_untrusted(decision.call.tool, event.event_id)
+                self._state.record_untrusted(*source)
+            self._state.record_values(values, source if untrusted else None)
+            if instructions:
+                self._state.instructions.append(source)
             self._state.labels.update(shown.labels)
         return output
+
+    def trusted_input(self, content: Any, *, source: str = "user") -> str:
+        """Record content the agent was given by someone it serves (the user's request, the
+        system prompt): values in it are trusted, so an action may use them. Returns the event id."""
+        plain = _plain_or_text(content, "input")
+        values = sorted(fingerprints(self.guard.store.key, content_values(plain)))
+        shown = preview(plain, self.guard.store.key, self.guard.policy.classifier)
+        details = {"source": source, "content": shown.value, "labels": sorted(shown.labels), "values": values}
+        with self._state.lock:
+            self._load()
+            event = self._event(Kind.INPUT, time.time(), details=details)
+            self._write(event)
+            self._state.record_values(values, None)
+            self._state.labels.update(shown.labels)
+        return event.event_id
+
+    def _held(self, plain: Plain) -> list[Held]:
+        """What the policy's protections hold back from content on its way to this agent."""
+        policy = self.guard.policy
+        agent = policy.policy.agents.get(self.agent)
+        clearance = frozenset(agent.data) if agent is not None and agent.data else None
+        protections = policy.policy.protections
+        tenant = self.tenant or ""
+        by_tenant = protections.isolation == "tenant"
+
+        def others(sensitive: dict[str, str]) -> dict[str, tuple[str, str]]:
+            return self.guard.store.seen_elsewhere(sensitive, self.id, tenant, by_tenant=by_tenant)
+
+        check_others = None if protections.cross_session == "allow" else others
+        return held_back(policy.classifier, clearance, strings(plain), check_others, protections, self.guard.store.key)
 
     # -- models ------------------------------------------------------------------------------
 
     def before_model(self, messages: Any, *, model: str | None = None, parent: str | None = None) -> ModelRequest:
-        """Record a model request. Send the model ``result.messages`` (today the same object;
-        data-protection rules may rewrite it) and only if ``result.allowed``."""
-        event_id = self._record_model(Kind.MODEL_REQUEST, parent, {"model": model}, "messages", messages)
-        return ModelRequest(event_id, messages)
+        """Record a model request. Send the model ``result.messages`` only if ``result.allowed``:
+        protections may rewrite plain-data messages (redacting what the agent may not see) or
+        withhold them. The user's and system messages are trusted input for provenance."""
+        key = self.guard.store.key
+        trusted = sorted(fingerprints(key, content_values(list(trusted_parts(messages)))))
+        plain = _plain_or_text(messages, "messages")
+        held = self._held(plain)
+        sent, plain = _apply(held, messages, plain, key, self.guard.policy.classifier, self.guard.mode)
+        details: dict[str, Any] = {"model": model, "values": trusted, "held": [h.reason for h in held] or None}
+        event_id = self._record_model(Kind.MODEL_REQUEST, parent, details, "messages", plain)
+        with self._state.lock:
+            self._state.record_values(trusted, None)
+        withheld = next((h for h in held if h.verdict is Verdict.DENY), None)
+        if withheld is not None and self.guard.mode is not Mode.MONITOR:
+            return ModelRequest(event_id, messages, allowed=False, reason=f"{withheld.rule_id}: {withheld.reason}")
+        return ModelRequest(event_id, sent)
 
     def after_model(
         self, response: Any, *, tool_calls: Sequence[Mapping[str, Any]] = (), parent: str | None = None
@@ -531,6 +598,32 @@ class Session:
             batch.insert(0, start)
         self.guard.store.append(batch)
         self._state.events += len(batch)
+
+
+def _plain_or_text(value: Any, name: str) -> Plain:
+    try:
+        return to_plain(value, name)
+    except UnsupportedValueError:
+        return clean_str(str(value))
+
+
+def _apply(
+    held: list[Held], original: Any, plain: Plain, key: bytes, classifier: Classifier, mode: Mode
+) -> tuple[Any, Plain]:
+    """The content an agent receives once ``held`` is applied (unchanged in monitor mode), as the
+    object to hand on and as plain data for the audit. Content that is not plain data (framework
+    message objects) cannot be rewritten faithfully, so it is withheld rather than redacted."""
+    if not held or mode is Mode.MONITOR:
+        return original, plain
+    withheld = next((h for h in held if h.verdict is Verdict.DENY), None)
+    if withheld is None and type(original) not in (str, dict, list):
+        withheld = Held(Verdict.DENY, held[0].rule_id, held[0].reason + " (cannot be redacted in place)", frozenset())
+    if withheld is not None:
+        notice = f"[withheld by Tether ({withheld.rule_id}): {withheld.reason}]"
+        return notice, notice
+    spans = frozenset().union(*(h.spans for h in held))
+    rewritten = mask_values(plain, spans, key, classifier)
+    return rewritten, rewritten
 
 
 def _shown(value: Any, name: str, key: bytes) -> Preview:

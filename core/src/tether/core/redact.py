@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from .classify import SECRET_NAMES, scan
+from .classify import DEFAULT, SECRET_NAMES, Classifier
 from .keys import fingerprint
 from .values import Plain, canonical_json
 
@@ -34,17 +34,17 @@ class Preview:
     labels: frozenset[str]
 
 
-def preview(value: Plain, key: bytes) -> Preview:
+def preview(value: Plain, key: bytes, classifier: Classifier = DEFAULT) -> Preview:
     """A storable preview of ``value`` with its fingerprint and the data classes found in it."""
     labels: set[str] = set()
-    shown = _preview(value, key, labels, 0)
+    shown = _preview(value, key, labels, 0, classifier)
     digest = fingerprint(key, canonical_json(value).encode("utf-8", "surrogatepass"))
     return Preview(shown, digest, frozenset(labels))
 
 
-def _preview(value: Plain, key: bytes, labels: set[str], depth: int) -> Plain:
+def _preview(value: Plain, key: bytes, labels: set[str], depth: int, classifier: Classifier) -> Plain:
     if isinstance(value, str):
-        return _text(value, key, labels)
+        return _text(value, key, labels, classifier)
     if isinstance(value, bytes):
         return f"<{len(value)} bytes {fingerprint(key, value)}>"
     if depth >= MAX_DEPTH and isinstance(value, (dict, list)):
@@ -59,29 +59,29 @@ def _preview(value: Plain, key: bytes, labels: set[str], depth: int) -> Plain:
                 labels.add("secret")
                 out[name] = f"[secret:{fingerprint(key, canonical_json(item).encode())}]"
             else:
-                out[name] = _preview(item, key, labels, depth + 1)
+                out[name] = _preview(item, key, labels, depth + 1, classifier)
         return out
     if isinstance(value, list):
-        items = [_preview(item, key, labels, depth + 1) for item in value[:MAX_ITEMS]]
+        items = [_preview(item, key, labels, depth + 1, classifier) for item in value[:MAX_ITEMS]]
         if len(value) > MAX_ITEMS:
             items.append(f"… {len(value) - MAX_ITEMS} more items")
         return items
     return value
 
 
-def _text(text: str, key: bytes, labels: set[str]) -> str:
-    """The first MAX_STRING characters with sensitive spans masked.
+def _text(text: str, key: bytes, labels: set[str], classifier: Classifier) -> str:
+    """The first MAX_STRING characters (normalised) with sensitive spans masked.
 
     Scanning runs past the cut so that a secret starting before it is recognised whole; only
     text before the cut is ever shown, so a secret cut in half cannot leak its first half.
     """
     if len(text) < MIN_SCANNED:
         return text
-    window = text[: MAX_STRING + SCAN_MARGIN]
+    window, findings = classifier.classify(text[: MAX_STRING + SCAN_MARGIN])
     parts, pos = [], 0
-    for found in scan(window):
+    for found in findings:
         labels.add(found.label)
-        if found.start < MAX_STRING:
+        if found.start < MAX_STRING and found.kind not in classifier.shown:
             parts += [window[pos : found.start], _mask(found.kind, window[found.start : found.end], key)]
             pos = found.end
     if pos < MAX_STRING:
@@ -91,10 +91,13 @@ def _text(text: str, key: bytes, labels: set[str]) -> str:
     return shown + f"…[{len(text)} chars]" if len(text) > pos else shown
 
 
-def mask(text: str, key: bytes) -> str:
-    """``text`` whole, with every sensitive span masked (for short free text: comments, reasons)."""
+def mask(text: str, key: bytes, classifier: Classifier = DEFAULT) -> str:
+    """``text`` whole (normalised), every sensitive span masked (for short free text: comments, reasons)."""
+    text, findings = classifier.classify(text)
     parts, pos = [], 0
-    for found in scan(text):
+    for found in findings:
+        if found.kind in classifier.shown:
+            continue
         parts += [text[pos : found.start], _mask(found.kind, text[found.start : found.end], key)]
         pos = found.end
     parts.append(text[pos:])
@@ -108,3 +111,22 @@ def _mask(kind: str, secret: str, key: bytes) -> str:
     if kind == "payment_card":
         return f"[card:…{secret[-4:]}:{tag}]"
     return f"[{kind}:{tag}]"
+
+
+def mask_values(value: Plain, spans: frozenset[str], key: bytes, classifier: Classifier = DEFAULT) -> Plain:
+    """``value`` with every detected value in ``spans`` replaced by its stable placeholder (the
+    same value always gets the same placeholder, so an agent can still tell values apart)."""
+    if isinstance(value, str):
+        text, findings = classifier.classify(value)
+        parts, pos = [], 0
+        for found in findings:
+            secret = text[found.start : found.end]
+            if secret in spans:
+                parts += [text[pos : found.start], _mask(found.kind, secret, key)]
+                pos = found.end
+        return "".join(parts) + text[pos:] if parts else value
+    if isinstance(value, dict):
+        return {name: mask_values(item, spans, key, classifier) for name, item in value.items()}
+    if isinstance(value, list):
+        return [mask_values(item, spans, key, classifier) for item in value]
+    return value

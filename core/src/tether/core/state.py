@@ -30,6 +30,10 @@ class SessionState:
         self.tainted_by: list[str] = []  # untrusted tools whose output entered the session
         self._untrusted: list[tuple[str, str]] = []  # (tool, audit event) for each such output
         self.labels: set[str] = set()
+        # provenance: keyed fingerprints of the values the session has read, by trust
+        self.trusted_values: set[str] = set()
+        self.untrusted_values: dict[str, tuple[str, str]] = {}  # fingerprint -> (tool, audit event)
+        self.instructions: list[tuple[str, str]] = []  # untrusted outputs that address the agent
         self._rate_window = rate_window
         self._calls: dict[tuple[str, str | None], _Calls] = {}
 
@@ -64,6 +68,14 @@ class SessionState:
         if event_id is not None:
             self._untrusted.append((tool, event_id))
 
+    def record_values(self, fingerprints: Iterable[str], source: tuple[str, str] | None) -> None:
+        """Values read from ``source`` ((tool, event) of an untrusted output), or trusted (None)."""
+        if source is None:
+            self.trusted_values.update(fingerprints)
+        else:
+            for fp in fingerprints:
+                self.untrusted_values.setdefault(fp, source)
+
     def untrusted_sources(self, last: int = 20) -> list[tuple[str, str]]:
         """The most recent untrusted outputs: (tool, audit event id)."""
         return self._untrusted[-last:]
@@ -77,7 +89,7 @@ class SessionState:
 
     def replay(self, events: Iterable[Any]) -> None:
         """Rebuild from this session's audit events, oldest first."""
-        from .audit.events import counted_call, untrusted_output
+        from .audit.events import counted_call, read_values, untrusted_output
 
         for event in events:
             self.events += 1
@@ -87,6 +99,11 @@ class SessionState:
             tool = untrusted_output(event)
             if tool is not None:
                 self.record_untrusted(tool, event.event_id)
+            values, instructions = read_values(event)
+            if values:
+                self.record_values(values, (tool, event.event_id) if tool is not None else None)
+            if instructions and tool is not None:
+                self.instructions.append((tool, event.event_id))
 
 
 _SESSION_FIELDS: dict[str, Callable[[SessionState, str, str | None, str | None], Any]] = {

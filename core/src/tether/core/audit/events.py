@@ -19,6 +19,7 @@ class Kind:
     APPROVAL = "approval"  # the agent applied an answer (or a timeout) to its call
     APPROVAL_ANSWER = "approval.answer"  # a person answered a queued request
     TOOL_RESULT = "tool.result"
+    INPUT = "input"  # trusted input: the user's request, the system prompt
 
 
 @dataclass(frozen=True)
@@ -78,3 +79,12 @@ def untrusted_output(event: NewEvent) -> str | None:
     if event.kind == Kind.TOOL_RESULT and event.tool is not None and json.loads(event.data).get("untrusted"):
         return event.tool
     return None
+
+
+def read_values(event: NewEvent) -> tuple[list[str], bool]:
+    """The fingerprints of the values an event brought into the session, and whether that
+    content read like instructions to the agent."""
+    if event.kind not in (Kind.TOOL_RESULT, Kind.INPUT, Kind.MODEL_REQUEST):
+        return [], False
+    details = json.loads(event.data)
+    return details.get("values") or [], bool(details.get("instructions"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 
 #: The newest migration; a store at this revision needs no upgrade.
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 VERSION_TABLE = "tether_alembic_version"
 
 metadata = MetaData()
@@ -66,4 +66,14 @@ approvals = Table(
     Column("consumed_us", BigInteger),  # when an agent applied the answer
     Index("ix_tether_approvals_status", "status"),
     Index("ix_tether_approvals_call", "session_id", "call_key"),
+)
+
+sensitive_values = Table(
+    "tether_sensitive_values",
+    metadata,
+    Column("fingerprint", String(32), primary_key=True),  # keyed: the value itself is never stored
+    Column("session_id", String(255), primary_key=True),
+    Column("tenant", String(255), nullable=False),  # "" for none
+    Column("kind", String(64), nullable=False),
+    Column("first_seen_us", BigInteger, nullable=False),
 )

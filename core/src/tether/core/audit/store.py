@@ -12,19 +12,22 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
 
 from ..errors import StoreError
 from ..keys import key_id, load_key
 from .chain import GENESIS, HASH_FORMAT, event_hash
 from .events import AuditEvent, NewEvent
-from .schema import SCHEMA_REVISION, VERSION_TABLE, events, meta
+from .schema import SCHEMA_REVISION, VERSION_TABLE, events, meta, sensitive_values
 
 STORE_ENV = "TETHER_STORE"
 DEFAULT_PATH = Path(".tether") / "tether.db"
@@ -427,6 +430,33 @@ class AuditStore:
         )
         with self.engine.connect() as connection:
             return [(a, t, v, n) for a, t, v, n in connection.execute(query)]
+
+    def seen_elsewhere(
+        self, values: Mapping[str, str], session_id: str, tenant: str, *, by_tenant: bool
+    ) -> dict[str, tuple[str, str]]:
+        """Record that ``session_id`` saw ``values`` (fingerprint -> kind) and return those seen
+        before in another session (``by_tenant``: of another tenant), with that session and tenant.
+        """
+        if not values:
+            return {}
+        table = sensitive_values
+        query = sa.select(table.c.fingerprint, table.c.session_id, table.c.tenant).where(
+            table.c.fingerprint.in_(list(values)),
+            (table.c.tenant != tenant) if by_tenant else (table.c.session_id != session_id),
+        )
+        now = time.time_ns() // 1000
+        rows = [
+            {"fingerprint": fp, "session_id": session_id, "tenant": tenant, "kind": kind, "first_seen_us": now}
+            for fp, kind in values.items()
+        ]
+        insert = sqlite_insert if self.engine.dialect.name == "sqlite" else postgres_insert
+        try:
+            with self.engine.begin() as connection:
+                found = {fp: (sid, ten) for fp, sid, ten in connection.execute(query)}
+                connection.execute(insert(table).on_conflict_do_nothing(), rows)
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"cannot record sensitive values in {self.location}: {exc}") from exc
+        return found
 
     def _read(self, query: Any) -> Iterator[AuditEvent]:
         try:

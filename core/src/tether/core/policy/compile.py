@@ -10,11 +10,13 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import hashlib
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import PolicyError, PolicyIssue
+from ..classify import DEFAULT, DETECTORS, Classifier, Detector
+from ..errors import PolicyError, PolicyIssue, TetherError
 from ..expr import Condition, ConditionError, compile_condition, merge_fields, select
 from ..values import canonical_json
 from .loader import KeyPath, Source, format_path
@@ -68,8 +70,12 @@ class Plan:
 class CompiledPolicy:
     """A policy ready to decide on. Build with :func:`compile_policy`."""
 
-    def __init__(self, policy: Policy, conditions: dict[str, Condition | None]) -> None:
+    def __init__(
+        self, policy: Policy, conditions: dict[str, Condition | None], classifier: Classifier = DEFAULT
+    ) -> None:
         self.policy = policy
+        self.classifier = classifier
+        self.risky = frozenset(policy.protections.risky_effects)
         self.mode = policy.mode
         self.default = Verdict(policy.default)
         self.approval_timeout = policy.approvals.timeout
@@ -270,10 +276,25 @@ def compile_policy(policy: Policy, source: Source | None = None) -> CompiledPoli
         _check_selectors(where, path + ("tools",), rule.tools, tools, "tool", issues)
         _check_selectors(where, path + ("approvers",), rule.approvers, groups, "approver group", issues)
         condition(path + ("when",), rule.when)
+    classifier = _classifier(policy, where, issues)
     if issues:
         issues.sort(key=lambda i: (i.line or 0, i.column or 0))
         raise PolicyError(issues)
-    return CompiledPolicy(policy, conditions)
+    return CompiledPolicy(policy, conditions, classifier)
+
+
+def _classifier(policy: Policy, where: Source, issues: list[PolicyIssue]) -> Classifier:
+    """The built-in detectors plus the policy's own classes (before the catch-all token detector)."""
+    if not policy.classes:
+        return DEFAULT
+    custom: list[Detector] = []
+    for name, spec in policy.classes.items():
+        for index, pattern in enumerate(spec.patterns):
+            try:
+                custom.append(Detector(name, name, pattern))
+            except (TetherError, re.error) as exc:
+                issues.append(where.issue(("classes", name, "patterns", index), f"not a valid pattern: {exc}"))
+    return Classifier((*DETECTORS[:-1], *custom, DETECTORS[-1]))
 
 
 def _check_selectors(

@@ -116,6 +116,7 @@ class ToolSpec(_Strict):
     effects: list[Effect] = []
     output: Trust = Trust.TRUSTED
     data: list[DataClass] = []  # data classes its output can carry
+    accepts: list[DataClass] = []  # data classes its arguments may carry out (for external tools)
 
 
 class Grant(_Strict):
@@ -183,6 +184,41 @@ class Approvals(_Strict):
     groups: dict[GroupName, list[Annotated[str, Field(min_length=1)]]] = {}
 
 
+Outcome = Literal["deny", "ask", "allow"]  # 'allow': record the finding, let the call through
+
+
+class Protections(_Strict):
+    """Tether's built-in checks, and what each concludes when it fires."""
+
+    #: the calls that provenance, instructions and egress checks apply to
+    risky_effects: list[Effect] = [
+        Effect.WRITE,
+        Effect.DELETE,
+        Effect.EXTERNAL,
+        Effect.IRREVERSIBLE,
+        Effect.MONEY,
+        Effect.EXECUTE,
+    ]
+    #: an argument value of a risky call found in untrusted content and in nothing trusted
+    injected_arguments: Outcome = "ask"
+    #: a risky call after untrusted content that reads like instructions to the agent
+    instructions: Outcome = "ask"
+    #: data classes found in the arguments of an external tool that does not accept them
+    egress: dict[DataClass, Outcome] = {"secret": "deny"}
+    #: data classes outside an agent's clearance ('data') in what a tool returns to it
+    clearance: Literal["redact", "deny", "allow"] = "redact"
+    #: a sensitive value (pii, secret) seen in another session, or another tenant's session
+    cross_session: Literal["redact", "deny", "allow"] = "deny"
+    isolation: Literal["tenant", "session"] = "tenant"
+
+
+class DataClassSpec(_Strict):
+    """A data class of the organisation's own: what its values look like (RE2 patterns)."""
+
+    description: str = ""
+    patterns: list[Annotated[str, Field(min_length=1, max_length=2000)]] = Field(min_length=1)
+
+
 class Policy(_Strict):
     """A whole policy. Build one from YAML with :func:`tether.core.load_policy` or in Python."""
 
@@ -193,3 +229,5 @@ class Policy(_Strict):
     tools: dict[Name, ToolSpec] = {}
     agents: dict[Name, AgentSpec] = {}
     rules: list[Rule] = []
+    protections: Protections = Protections()
+    classes: dict[DataClass, DataClassSpec] = {}  # custom data classes, detected like the built-in ones

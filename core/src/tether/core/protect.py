@@ -1,0 +1,143 @@
+"""Tether's built-in protections, applied on top of the policy's own grants and rules.
+
+Before a risky call: argument values that came only from untrusted content, untrusted content
+that reads like instructions, and data classes leaving through an external tool. On what flows
+back to the agent: data classes outside its clearance, and sensitive values from another
+session or tenant. Each protection's outcome is set in the policy's ``protections`` section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .classify import Classifier
+from .decision import Ruling
+from .policy.compile import CompiledPolicy
+from .policy.schema import Effect, Verdict
+from .provenance import argument_values, fingerprints
+from .redact import mask
+from .state import SessionState
+from .values import Plain
+
+INJECTED = "tether.injected-argument"
+INSTRUCTIONS = "tether.instructions"
+EGRESS = "tether.egress"
+CLEARANCE = "tether.clearance"
+CROSS_SESSION = "tether.cross-session"
+
+_STRICTNESS = {Verdict.ALLOW: 0, Verdict.REDACT: 1, Verdict.ASK: 2, Verdict.DENY: 3}
+#: labels that name where data goes rather than whose it is: never held back
+_NOT_SENSITIVE = frozenset({"network"})
+
+
+def check_call(
+    policy: CompiledPolicy, state: SessionState, tool: str, args: Plain, labels: Iterable[str], key: bytes
+) -> tuple[Ruling | None, list[str]]:
+    """The strictest protection that fires on a call (``None``: none), and every finding as text
+    (the audit records findings even where the policy lets them through)."""
+    spec = policy.policy.tools.get(tool)
+    if spec is None or not policy.risky.intersection(spec.effects):
+        return None, []
+    protections = policy.policy.protections
+    fired: list[Ruling] = []
+    findings: list[str] = []
+
+    def found(outcome: str, rule_id: str, reason: str) -> None:
+        findings.append(f"{rule_id}: {reason}")
+        if outcome != "allow":
+            fired.append(Ruling(Verdict(outcome), reason, (rule_id,)))
+
+    if Effect.EXTERNAL in spec.effects:
+        for label in sorted(set(labels) - set(spec.accepts)):
+            outcome = protections.egress.get(label)
+            if outcome:
+                found(outcome, EGRESS, f"{label} data would leave through external tool {tool!r}")
+    for value, source in _injected(state, args, key):
+        shown = mask(value, key, policy.classifier)
+        found(
+            protections.injected_arguments,
+            INJECTED,
+            f"argument value {shown!r} appears in untrusted content from {source!r} and in nothing trusted",
+        )
+    if state.instructions:
+        source = state.instructions[-1][0]
+        found(
+            protections.instructions,
+            INSTRUCTIONS,
+            f"untrusted content from {source!r} earlier in this session reads like instructions to the agent",
+        )
+    return (max(fired, key=lambda r: _STRICTNESS[r.verdict]) if fired else None), findings
+
+
+def _injected(state: SessionState, args: Plain, key: bytes) -> list[tuple[str, str]]:
+    """(value, untrusted source tool) for each argument value seen only in untrusted content."""
+    if not state.untrusted_values:
+        return []
+    out = []
+    for fp, value in fingerprints(key, argument_values(args)).items():
+        source = state.untrusted_values.get(fp)
+        if source is not None and fp not in state.trusted_values:
+            out.append((value, source[0]))
+    return out
+
+
+def stricter(ruling: Ruling, other: Ruling | None) -> Ruling:
+    """``other`` if it says more than ``ruling`` (deny > ask > redact > allow), else ``ruling``."""
+    if other is None or _STRICTNESS[other.verdict] <= _STRICTNESS[ruling.verdict]:
+        return ruling
+    return other
+
+
+@dataclass(frozen=True)
+class Held:
+    """What Tether holds back from content flowing to an agent, and why."""
+
+    verdict: Verdict  # REDACT: rewrite the spans; DENY: withhold the whole content
+    rule_id: str
+    reason: str
+    spans: frozenset[str]  # the (normalised) values to hide
+
+
+def held_back(
+    classifier: Classifier,
+    clearance: frozenset[str] | None,
+    texts: Iterable[str],
+    others: Callable[[dict[str, str]], dict[str, tuple[str, str]]] | None,
+    protections: Any,
+    key: bytes,
+) -> list[Held]:
+    """What to hold back from ``texts``.
+
+    ``clearance``: the data classes the agent may receive (None: any). ``others``: records the
+    sensitive values and returns those another session or tenant saw first.
+    """
+    cleared: set[str] = set()
+    blocked: set[str] = set()
+    sensitive: dict[str, str] = {}
+    values: dict[str, str] = {}
+    for text in texts:
+        text, findings = classifier.classify(text)
+        for f in findings:
+            if f.label in _NOT_SENSITIVE:
+                continue
+            value = text[f.start : f.end]
+            if clearance is not None and f.label not in clearance:
+                blocked.add(value)
+                cleared.add(f.label)
+            fp = next(iter(fingerprints(key, {value})))
+            sensitive[fp] = f.kind
+            values[fp] = value
+    held: list[Held] = []
+    if blocked and protections.clearance != "allow":
+        reason = f"data the agent is not cleared for: {', '.join(sorted(cleared))}"
+        held.append(Held(Verdict(protections.clearance), CLEARANCE, reason, frozenset(blocked)))
+    if others is not None and sensitive:
+        leaked = others(sensitive)
+        if leaked and protections.cross_session != "allow":
+            where = sorted({f"session {s!r}" + (f" (tenant {t!r})" if t else "") for s, t in leaked.values()})
+            reason = f"{len(leaked)} sensitive value(s) first seen in another {', '.join(where)}"
+            spans = frozenset(values[fp] for fp in leaked)
+            held.append(Held(Verdict(protections.cross_session), CROSS_SESSION, reason, spans))
+    return held
