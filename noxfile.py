@@ -91,6 +91,24 @@ def autogen_classic(session: nox.Session, framework: str) -> None:
 
 
 nox.options.sessions.append("autogen-classic")
+
+
+@nox.session(name="autogen-agentchat")
+@nox.parametrize("version", ["0.5.7", "0.7.5"], ids=["oldest", "newest"])
+def autogen_agentchat(session: nox.Session, version: str) -> None:
+    """Microsoft AgentChat (what `pip install pyautogen` installs today): 0.5, the first with workbenches, and 0.7."""
+    adapter_tests(
+        session,
+        "autogen",
+        f"autogen-agentchat=={version}",
+        f"autogen-ext=={version}",
+        tests="tests/autogen/agentchat",
+    )
+
+
+nox.options.sessions.append("autogen-agentchat")
+
+
 LANGGRAPH = {
     # ToolNode(wrap_tool_call=...) arrived in langgraph-prebuilt 1.0.2; langchain 1.0.0 is create_agent's first release
     "oldest": (

@@ -28,20 +28,24 @@ _VALUES = compile_pattern(
     r"|(?:/[\w.-]+){2,}"
 )
 _TOKEN_MAX = 200  # an argument longer than this is traced through the values inside it only
+#: dates and times name no destination or account: tracing them would only flag ordinary scheduling
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2})?)?")
 
 #: phrases by which injected text addresses the agent rather than the reader
 _INSTRUCTIONS = compile_pattern(
-    r"(?i)ignore (?:all |any )?(?:the )?(?:previous|prior|above|earlier) (?:instructions|prompts|messages)"
-    r"|disregard (?:all |any )?(?:the )?(?:previous|prior|above|earlier|your)"
-    r"|</?(?:information|instructions?|system|important)>"
-    r"|(?:important|new|updated|additional) (?:message|instructions?)\b"
-    r"|before you (?:can )?(?:solve|complete|continue|finish|answer|do)"
-    r"|(?:you|the (?:ai|assistant|agent|model)) (?:must|should|need to) (?:now |first |also )?"
-    r"(?:send|transfer|forward|email|pay|delete|post|share|upload|change|update|create|invite)"
-    r"|\b(?:ai|assistant|agent|chatbot|model|llm)[,:] (?:please )?"
-    r"(?:send|transfer|forward|email|pay|delete|post|share|upload|change|update|create|invite|ignore)"
-    r"|do not (?:tell|inform|mention|notify|alert) (?:this to )?the user"
-    r"|\bTODO: (?:send|transfer|forward|email|pay|delete|post|share|upload|change|update|create|invite)"
+    (
+        r"(?i)ignore (?:all |any )?(?:of )?(?:the |your |my )?(?:previous|prior|above|earlier)\b"
+        r"|disregard (?:all |any )?(?:the )?(?:previous|prior|above|earlier|your)"
+        r"|</?(?:information|instructions?|system|important)>"
+        r"|(?:important|new|updated|additional) (?:message|instructions?)\b"
+        r"|before you (?:can )?(?:solve|complete|continue|finish|answer|do)"
+        r"|(?:you|the (?:ai|assistant|agent|model)) (?:must|should|need to) (?:now |first |also )?"
+        r"(?:send|transfer|forward|email|pay|delete|post|share|upload|change|update|create|invite)"
+        r"|\b(?:ai|assistant|agent|chatbot|model|llm)[,:] (?:please )?"
+        r"(?:send|transfer|forward|email|pay|delete|post|share|upload|change|update|create|invite|ignore)"
+        r"|do not (?:tell|inform|mention|notify|alert) (?:this to )?the user"
+        r"|TODO: (?:send|transfer|forward|email|pay|delete|post|share|upload|change|update|create|invite)"
+    ).replace(" ", r"\s+")  # text is often wrapped: any run of spaces or line breaks
 )
 
 _SPACES = re.compile(r"\s+")
@@ -71,7 +75,7 @@ def values_in(text: str) -> set[str]:
     for value in list(found):
         if "://" in value:  # a link also carries its domain
             found.add(value.split("://", 1)[1].split("/", 1)[0])
-    return {v for v in found if len(v) >= 5}
+    return {v for v in found if len(v) >= 5 and not _DATE.fullmatch(v)}
 
 
 def argument_values(args: Any) -> dict[str, str]:
@@ -81,7 +85,7 @@ def argument_values(args: Any) -> dict[str, str]:
         for value in values_in(text):
             out.setdefault(value, text)
         whole = _canonical(normalize(text))
-        if 5 <= len(whole) <= _TOKEN_MAX and " " not in whole:  # an id, a name, a code
+        if 5 <= len(whole) <= _TOKEN_MAX and " " not in whole and not _DATE.fullmatch(whole):  # an id, a code
             out.setdefault(whole, text)
     return out
 

