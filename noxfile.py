@@ -130,3 +130,14 @@ def langgraph(session: nox.Session, versions: tuple[str, ...]) -> None:
 
 
 nox.options.sessions.append("langgraph")
+
+
+@nox.session
+@nox.parametrize("version", ["1.14.7", "1.15.30"], ids=["oldest", "newest"])
+def crewai(session: nox.Session, version: str) -> None:
+    """CrewAI's tool-call and LLM-call hooks, on the oldest and newest releases the step guard supports."""
+    session.env.update(CREWAI_DISABLE_TELEMETRY="true", OTEL_SDK_DISABLED="true", CREWAI_TRACING_ENABLED="false")
+    adapter_tests(session, "crewai", f"crewai=={version}")
+
+
+nox.options.sessions.append("crewai")
