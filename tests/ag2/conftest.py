@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,8 +16,9 @@ from ag2.events import ToolCallEvent
 from ag2.testing import TestConfig, TrackingConfig
 
 from tether.core import AuditEvent, AuditStore, Guard, QueueApprover
-from tether.core.approvals.queue import ApprovalQueue, Entry
 from tether.core.audit.verify import verify
+
+from ..support import answer_when_asked  # noqa: F401 - the tests import it from here
 
 KEY = b"k" * 32
 
@@ -134,24 +134,6 @@ def events(guard: Guard, kind: str | None = None, session_id: str | None = None)
 
 def chain_ok(guard: Guard) -> bool:
     return verify(guard.store.key, guard.store.events()).ok
-
-
-def answer_when_asked(store: AuditStore, *, approved: bool, by: str = "alice") -> threading.Thread:
-    """Answer the first approval request that appears in the queue, from another thread."""
-    queue = ApprovalQueue(store)
-
-    def answer() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            pending: list[Entry] = queue.entries()
-            if pending:
-                queue.answer(pending[0].id, approved=approved, by=by)
-                return
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
-    return thread
 
 
 @pytest.fixture

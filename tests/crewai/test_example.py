@@ -3,25 +3,15 @@ times out, and the audit verifies."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from ..support import run_example
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "crewai_research_crew.py"
 
 
 def test_example_runs_without_a_terminal(tmp_path: Path) -> None:
-    env = {**os.environ, "TETHER_STORE": f"sqlite:///{tmp_path / 'tether.db'}", "CREWAI_STORAGE_DIR": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLE)],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done, _ = run_example(EXAMPLE, tmp_path, CREWAI_STORAGE_DIR=str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "tool.decision   writer      post_update  deny" in out

@@ -6,16 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from crewai import Agent, Crew, Process, Task
 
-from tether.core import ApprovalQueue, AuditStore, Guard, QueueApprover, TetherError
+from tether.core import AuditStore, Guard, QueueApprover, TetherError
 from tether.core.audit import verify
 from tether.crewai import enable_step_guard
 
+from ..support import answer_when_asked
 from .conftest import DONE, KEY, POLICY, ScriptedLLM, Tools, act, crew_of, events
 
 
@@ -47,22 +47,6 @@ def test_denied_call_never_runs_and_the_agent_reads_why(guard: Guard, tools: Too
     assert [e.verdict for e in events(store, "tool.decision")] == ["deny"]
 
 
-def answer_when_asked(store: AuditStore, approved: bool) -> threading.Thread:
-    queue = ApprovalQueue(store)
-
-    def answer() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if pending := queue.entries():
-                queue.answer(pending[0].id, approved=approved, by="alice")
-                return
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
-    return thread
-
-
 @pytest.mark.parametrize("approved", [True, False])
 def test_a_call_needing_approval_waits_for_a_person(store: AuditStore, tools: Tools, approved: bool) -> None:
     policy = json.loads(json.dumps(POLICY))
@@ -70,7 +54,7 @@ def test_a_call_needing_approval_waits_for_a_person(store: AuditStore, tools: To
     llm = ScriptedLLM(act("refund", order="A1", amount=120))
     crew = crew_of(tools, llm)
     enable_step_guard(crew, Guard(policy, store=store, approver=QueueApprover(store)))
-    answering = answer_when_asked(store, approved)
+    answering = answer_when_asked(store, approved=approved)
 
     crew.kickoff()
     answering.join()

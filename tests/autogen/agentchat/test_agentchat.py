@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 from typing import Any
 
 import pytest
@@ -13,9 +11,10 @@ from autogen_agentchat.conditions import MaxMessageTermination
 from autogen_agentchat.teams import RoundRobinGroupChat
 
 from tether.autogen.agentchat import register_guard
-from tether.core import ApprovalQueue, AuditStore, Guard, QueueApprover, TetherError
+from tether.core import AuditStore, Guard, QueueApprover, TetherError
 from tether.core.audit import verify
 
+from ...support import answer_when_asked
 from .conftest import KEY, POLICY, Tools, agent, calls, events, texts
 
 
@@ -61,23 +60,6 @@ def test_parallel_calls_are_each_decided(guard: Guard, tools: Tools, store: Audi
     assert "found a" in texts(result) and "Tether denied the call to 'send_email'" in texts(result)
 
 
-def answer_when_asked(store: AuditStore, approved: bool) -> threading.Thread:
-    queue = ApprovalQueue(store)
-
-    def answer() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            pending = queue.entries()
-            if pending:
-                queue.answer(pending[0].id, approved=approved, by="alice")
-                return
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
-    return thread
-
-
 @pytest.mark.parametrize("approved", [True, False])
 def test_a_call_needing_approval_waits_for_the_queue(store: AuditStore, tools: Tools, approved: bool) -> None:
     policy = json.loads(json.dumps(POLICY))
@@ -85,7 +67,7 @@ def test_a_call_needing_approval_waits_for_the_queue(store: AuditStore, tools: T
     guard = Guard(policy, store=store, approver=QueueApprover(store))
     bot, _ = agent(tools, calls(("refund", {"order": "A1", "amount": 120})))
     register_guard(bot, guard)
-    answering = answer_when_asked(store, approved)
+    answering = answer_when_asked(store, approved=approved)
 
     result = run(bot)
     answering.join()

@@ -3,29 +3,19 @@ out, and `tether audit` shows and verifies what happened."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from tether.core.cli import main
 
+from ...support import run_example
+
 EXAMPLE = Path(__file__).parents[3] / "examples" / "autogen_classic.py"
 
 
 def test_example_runs_without_a_terminal(tmp_path: Path) -> None:
-    env = {**os.environ, "TETHER_STORE": f"sqlite:///{tmp_path / 'tether.db'}"}
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLE)],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done, store_url = run_example(EXAMPLE, tmp_path)
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "Tether denied the call to 'send_email'" in out
@@ -34,7 +24,7 @@ def test_example_runs_without_a_terminal(tmp_path: Path) -> None:
     assert "refunded" not in out
     assert "Audit chain verified: ok" in out
     session = out.rsplit("tether audit show ", 1)[1].split()[0]
-    store = {"TETHER_STORE": env["TETHER_STORE"]}
+    store = {"TETHER_STORE": store_url}
     shown = CliRunner().invoke(main, ["audit", "show", session], env=store)
     assert shown.exit_code == 0, shown.output
     assert "send_email" in shown.output and "refund" in shown.output
