@@ -37,7 +37,7 @@ from tether.core import Decision, Guard, Mode, Session, TetherError
 __all__ = ["StepGuard", "enable_step_guard"]
 
 log = logging.getLogger("tether.crewai")
-_GUARDS: dict[int, StepGuard] = {}  # id(crew) -> its guard
+_ATTRIBUTE = "_tether_step_guard"  # set on each guarded crew: it lives and dies with the crew
 _INSTALLED = threading.Lock()
 _hooks_installed = False
 _run: contextvars.ContextVar[str] = contextvars.ContextVar("tether-crewai-run")
@@ -83,13 +83,13 @@ def enable_step_guard(
 ) -> StepGuard:
     """Decide every tool call of ``crew``'s agents with ``guard``. Each kickoff is a session
     (``session_id`` fixes one). Enabling the same guard twice is a no-op; another guard raises."""
-    existing = _GUARDS.get(id(crew))
+    existing: StepGuard | None = getattr(crew, _ATTRIBUTE, None)
     if existing is not None:
         if existing.guard is not guard:
             raise TetherError("this crew is already guarded by another Tether guard")
         return existing
     step_guard = StepGuard(guard, session_id or os.urandom(8).hex(), session_id is not None, user, tenant)
-    _GUARDS[id(crew)] = step_guard
+    object.__setattr__(crew, _ATTRIBUTE, step_guard)  # a pydantic model: set past its field checks
     _install_hooks()
     for name in ("kickoff", "kickoff_async"):
         _start_session_on(crew, name, step_guard)
@@ -114,7 +114,7 @@ def _start_session_on(crew: Any, name: str, step_guard: StepGuard) -> None:
             return original(*args, **kwargs)
 
         wrapper = kickoff
-    object.__setattr__(crew, name, wrapper)  # a pydantic model: set past its field checks
+    object.__setattr__(crew, name, wrapper)
 
 
 def _install_hooks() -> None:
@@ -128,11 +128,15 @@ def _install_hooks() -> None:
             _hooks_installed = True
 
 
+def _guard_of(crew: Any) -> StepGuard | None:
+    return getattr(crew, _ATTRIBUTE, None) if crew is not None else None
+
+
 # -- tool calls -----------------------------------------------------------------------------
 
 
 def _before_tool(context: Any) -> bool | None:
-    step_guard = _GUARDS.get(id(context.crew))
+    step_guard = _guard_of(context.crew)
     if step_guard is None:
         return None  # not a guarded crew
     try:
@@ -158,7 +162,7 @@ def _before_tool(context: Any) -> bool | None:
 
 
 def _after_tool(context: Any) -> str | None:
-    step_guard = _GUARDS.get(id(context.crew))
+    step_guard = _guard_of(context.crew)
     if step_guard is None:
         return None
     session, outcome = step_guard._pending.pop(id(context.tool_input), (None, None))
@@ -180,7 +184,7 @@ def _after_tool(context: Any) -> str | None:
 
 
 def _before_llm(context: Any) -> bool | None:
-    step_guard = _GUARDS.get(id(context.crew))
+    step_guard = _guard_of(context.crew)
     if step_guard is None:
         return None
     try:
@@ -198,7 +202,7 @@ def _before_llm(context: Any) -> bool | None:
 
 
 def _after_llm(context: Any) -> str | None:
-    step_guard = _GUARDS.get(id(context.crew))
+    step_guard = _guard_of(context.crew)
     if step_guard is None:
         return None
     pending = step_guard._requests.get(id(context.executor))
