@@ -117,7 +117,7 @@ def _guard_agent(agent: AssistantAgent, registration: Registration) -> None:
         raise TetherError(f"agent {agent.name!r} is already guarded by another registration")
     benches = agent._workbench  # one workbench before AgentChat 0.6, a list since
     if isinstance(benches, Workbench):
-        agent._workbench = GuardedWorkbench(benches, agent.name, registration)
+        agent._workbench = GuardedWorkbench(benches, agent.name, registration)  # type: ignore[assignment]
     else:
         agent._workbench = [GuardedWorkbench(wb, agent.name, registration) for wb in benches]
     agent._model_client = RecordingClient(agent._model_client, agent.name, registration)
@@ -201,7 +201,7 @@ class GuardedWorkbench(Workbench):
         await self._inner.load_state(state)
 
     def _to_config(self) -> Any:
-        return self._inner._to_config()  # type: ignore[attr-defined]
+        return self._inner._to_config()
 
 
 async def _recorded(session: Session, decision: Decision, name: str, result: ToolResult) -> ToolResult:
@@ -233,7 +233,7 @@ class RecordingClient(ChatCompletionClient):
         await self._record(session, request_id, result)
         return result
 
-    async def create_stream(  # type: ignore[override]
+    async def create_stream(
         self, messages: Sequence[LLMMessage], **kwargs: Any
     ) -> AsyncGenerator[str | CreateResult, None]:
         session, request_id = await self._request(messages)
@@ -278,7 +278,7 @@ class RecordingClient(ChatCompletionClient):
         return self._inner.remaining_tokens(messages, **kwargs)
 
     @property
-    def capabilities(self) -> Any:  # type: ignore[override]
+    def capabilities(self) -> Any:
         return self._inner.capabilities
 
     @property

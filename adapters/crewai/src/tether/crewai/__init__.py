@@ -52,10 +52,10 @@ class StepGuard:
     fixed: bool
     user: str | None = None
     tenant: str | None = None
-    _pending: dict[int, tuple[Session, Decision | str]] = field(default_factory=dict)  # id(tool_input) -> ...
+    # id(tool_input) -> the session and decision (or refusal text) the after-hook needs
+    _pending: dict[int, tuple[Session | None, Decision | str]] = field(default_factory=dict)
     _requests: dict[int, tuple[Session, str, int]] = field(default_factory=dict)  # id(executor) -> request
     _responses: dict[tuple[str, str], str] = field(default_factory=dict)  # (session, agent) -> last response
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def session(self, agent: Any, task: Any) -> Session:
         role = str(getattr(agent, "role", "") or "").strip() or "crewai-agent"
@@ -149,7 +149,7 @@ def _before_tool(context: Any) -> bool | None:
         log.exception("Tether failed while deciding on %s", context.tool_name)
         if step_guard.monitoring:
             return None
-        step_guard._pending[id(context.tool_input)] = (None, f"Tether could not decide ({type(exc).__name__})")  # type: ignore[assignment]
+        step_guard._pending[id(context.tool_input)] = (None, f"Tether could not decide ({type(exc).__name__})")
         return False
     if not decision.allowed:
         step_guard._pending[id(context.tool_input)] = (session, decision.refusal())
