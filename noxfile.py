@@ -118,7 +118,12 @@ LANGGRAPH = {
         "langchain-core==1.0.0",
         "langgraph-checkpoint-sqlite==2.0.11",
     ),
-    "newest": ("langgraph==1.2.24", "langchain==1.5.2", "langgraph-checkpoint-sqlite==3.1.2"),
+    "newest": (
+        "langgraph==1.2.24",
+        "langchain==1.5.2",
+        "langgraph-checkpoint-sqlite==3.1.2",
+        "langgraph-checkpoint-postgres==3.1.3",  # resuming from a PostgreSQL checkpoint
+    ),
 }
 
 
