@@ -358,7 +358,7 @@ def test_model_input_is_recorded_once_per_step(guard: Guard, tools: Tools) -> No
     ask(agent, "where is order A1?")
 
     first, second = events(guard, "model.request")
-    assert first.details["messages"] == [{"type": "ModelRequest", "content": ["where is order A1?"]}]
+    assert first.details["messages"] == [{"type": "ModelRequest", "role": "user", "content": ["where is order A1?"]}]
     assert json.dumps(second.details["messages"]).count("order A1: 2 items") == 1
 
 
@@ -447,3 +447,21 @@ def test_output_the_agent_is_not_cleared_for_reaches_the_model_redacted(store: A
     seen = model_saw(config)
     assert "jane.roe@example.com" not in seen
     assert "[email:" in seen and "@example.com" in seen  # a stable placeholder, domain kept
+
+
+def test_a_value_the_user_gave_is_trusted_even_if_untrusted_content_repeats_it(store: AuditStore, tools: Tools) -> None:
+    # no taint rule and no instructions check: only the trace of the address speaks
+    policy = policy_with(rules=[], protections={"instructions": "allow"}, approvals={"timeout": "1s"})
+    policy["agents"]["support-bot"]["tools"]["send_email"] = "allow"
+    guard = Guard(policy, store=store, approver=QueueApprover(store))
+    email = call("send_email", to="jane.roe@example.com", body="hi")
+    given = scripted(call("read_ticket", ticket_id="T-1"), email, "ok")
+    ask(make_agent(tools, given, [TetherMiddleware(guard)]), "read T-1, then write to jane.roe@example.com")
+    assert tools.runs["send_email"] == 1  # the address came from the user
+
+    guard2 = Guard(policy, store=store, approver=QueueApprover(store))
+    taken = scripted(call("read_ticket", ticket_id="T-1"), email, "ok")
+    ask(make_agent(tools, taken, [TetherMiddleware(guard2)]), "read T-1 and deal with it")
+    decision = events(guard2, "tool.decision")[-1]
+    assert decision.verdict == "ask"
+    assert decision.details["rule_ids"] == ["tether.injected-argument"]  # only the ticket had it

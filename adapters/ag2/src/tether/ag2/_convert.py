@@ -70,7 +70,10 @@ def _event(event: BaseEvent) -> dict[str, Any]:
         return {"type": kind, "content": [_event(result) for result in results]}
     parts = getattr(event, "parts", None)
     if parts is not None:
-        return {"type": kind, "content": [_part(part) for part in parts]}
+        entry: dict[str, Any] = {"type": kind, "content": [_part(part) for part in parts]}
+        if any(cls.__name__ == "ModelRequest" for cls in type(event).__mro__):
+            entry["role"] = "user"  # the user's turn: trusted input, so its values may steer actions
+        return entry
     content = getattr(event, "content", None)
     return {"type": kind, "content": content if isinstance(content, str) else None}
 
