@@ -37,7 +37,13 @@ def test_check_accepts_a_good_policy(workdir: Path) -> None:
     (workdir / "p.yaml").write_text(GOOD)
     code, out, _ = run("check", "p.yaml")
     assert code == 0
-    assert out == "p.yaml: ok (1 agents, 2 tools, 0 rules, enforce mode, default deny)\n"
+    assert out.splitlines()[0] == "p.yaml: ok (1 agents, 2 tools, 0 rules, enforce mode, default deny)"
+
+
+def test_check_says_which_agents_may_receive_any_data(workdir: Path) -> None:
+    (workdir / "p.yaml").write_text(GOOD)
+    _, out, _ = run("check", "p.yaml")
+    assert "no 'data' clearance" in out and "may receive any data class" in out
 
 
 def test_check_rejects_a_broken_policy_with_line_numbers(workdir: Path) -> None:

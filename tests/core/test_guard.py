@@ -128,6 +128,13 @@ def test_framework_context_is_recorded_with_each_event(guard: Guard, store: Audi
         assert event.details["context"]["task"].startswith("mail [email:")  # redacted like everything else
 
 
+def test_a_sub_agents_session_names_the_session_that_started_it(guard: Guard, store: AuditStore) -> None:
+    child = guard.session("helper", "run-1.child", parent="run-1")
+    child.before_tool("search", {})
+    start = store.session_events("run-1.child")[0]
+    assert start.kind == "session.start" and start.details["parent_session"] == "run-1"
+
+
 def test_denied_call_explains_itself(guard: Guard) -> None:
     decision = guard.session("bot").before_tool("send_email", {"to": "x@evil.example"})
     assert not decision.allowed

@@ -128,6 +128,19 @@ def test_output_outside_the_agents_clearance_is_redacted(store: AuditStore) -> N
     assert ATTACKER not in json.dumps(events(store, "s1", Kind.TOOL_RESULT))
 
 
+def test_an_empty_clearance_means_cleared_for_nothing(store: AuditStore) -> None:
+    policy = policy_with()
+    policy["agents"]["bot"]["data"] = []
+    session = Guard(policy, store=store).session("bot", "s1")
+    seen = session.after_tool(session.before_tool("search", {"q": "customer"}), f"Ann, {ATTACKER}")
+    assert ATTACKER not in seen and "[email:" in seen
+
+
+def test_an_agent_without_clearance_may_receive_anything(store: AuditStore) -> None:
+    session = Guard(policy_with(), store=store).session("bot", "s1")
+    assert session.after_tool(session.before_tool("search", {"q": "x"}), f"Ann, {ATTACKER}") == f"Ann, {ATTACKER}"
+
+
 def policy_isolating(by: str) -> dict[str, Any]:
     policy = policy_with()
     policy["protections"] = {"isolation": by}
@@ -158,6 +171,17 @@ def test_tenant_isolation_lets_a_tenants_sessions_share_and_stops_other_tenants(
     assert acme2.after_tool(acme2.before_tool("search", {"q": "x"}), email) == email
     globex = guard.session("bot", "globex-1", tenant="globex")
     assert email not in globex.after_tool(globex.before_tool("search", {"q": "x"}), email)
+
+
+def test_sessions_without_a_tenant_are_isolated_from_each_other_by_default(store: AuditStore) -> None:
+    guard = Guard(policy_with(), store=store)  # isolation: tenant, the default
+    email = "jane.doe@customer.example"
+    alice = guard.session("bot", "alice-chat")
+    assert alice.after_tool(alice.before_tool("search", {"q": "x"}), email) == email
+    bob = guard.session("bot", "bob-chat")
+    assert email not in bob.after_tool(bob.before_tool("search", {"q": "x"}), email)
+    acme = guard.session("bot", "acme-1", tenant="acme")
+    assert email not in acme.after_tool(acme.before_tool("search", {"q": "x"}), email)
 
 
 def test_isolation_holds_across_guards_sharing_a_store(store: AuditStore) -> None:

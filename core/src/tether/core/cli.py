@@ -52,6 +52,9 @@ def check(policies: tuple[Path, ...]) -> None:
             f"{path}: ok ({len(p.agents)} agents, {len(p.tools)} tools, {len(p.rules)} rules, "
             f"{p.mode.value} mode, default {p.default})"
         )
+        unlimited = sorted(name for name, agent in p.agents.items() if agent.data is None)
+        if unlimited:
+            click.echo(f"  note: no 'data' clearance, so they may receive any data class: {', '.join(unlimited)}")
     if failed:
         sys.exit(1)
 

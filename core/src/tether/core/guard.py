@@ -77,17 +77,19 @@ class Guard:
         user: str | None = None,
         tenant: str | None = None,
         context: Mapping[str, str] | None = None,
+        parent: str | None = None,
     ) -> Session:
         """A handle for ``agent`` acting in session ``session_id`` (a new id when omitted).
 
         Several agents of one run share a session (and its taint) by passing the same id.
         ``context`` is what the framework knows about where the agent acts (crew, task, graph
-        node...); it is recorded with each of this handle's events.
+        node...); it is recorded with each of this handle's events. ``parent`` is the id of the
+        session that started this one (a sub-agent's run): the audit links the two.
         """
         if not agent:
             raise TetherError("a session needs the name of the agent acting in it")
         session_id = session_id or _new_id()
-        return Session(self, self._state(session_id), agent, user, tenant, dict(context or {}))
+        return Session(self, self._state(session_id), agent, user, tenant, dict(context or {}), parent)
 
     def _state(self, session_id: str) -> SessionState:
         with self._lock:
@@ -122,12 +124,14 @@ class Session:
         user: str | None,
         tenant: str | None,
         context: dict[str, str] | None = None,
+        parent: str | None = None,
     ) -> None:
         self.guard = guard
         self.agent = agent
         self.user = user
         self.tenant = tenant
         self.context = context or {}
+        self.parent = parent if parent != state.id else None
         self._context_shown = preview(to_plain(self.context, "context"), guard.store.key).value if context else None
         self._state = state
         self._loaded = state.events > 0
@@ -462,10 +466,11 @@ class Session:
         """What the policy's protections hold back from content on its way to this agent."""
         policy = self.guard.policy
         agent = policy.policy.agents.get(self.agent)
-        clearance = frozenset(agent.data) if agent is not None and agent.data else None
+        clearance = frozenset(agent.data) if agent is not None and agent.data is not None else None
         protections = policy.policy.protections
         tenant = self.tenant or ""
-        by_tenant = protections.isolation == "tenant"
+        # A session without a tenant is its own boundary: tenantless sessions must not share values.
+        by_tenant = protections.isolation == "tenant" and bool(tenant)
 
         def others(sensitive: dict[str, str]) -> dict[str, tuple[str, str]]:
             return self.guard.store.seen_elsewhere(sensitive, self.id, tenant, by_tenant=by_tenant)
@@ -592,9 +597,10 @@ class Session:
         batch = [event]
         if self._state.events == 0:
             guard = self.guard
-            start = self._event(
-                Kind.SESSION, event.ts_us / 1e6, details={"mode": guard.mode.value, "policy": guard.policy.digest}
-            )
+            details = {"mode": guard.mode.value, "policy": guard.policy.digest}
+            if self.parent:
+                details["parent_session"] = self.parent
+            start = self._event(Kind.SESSION, event.ts_us / 1e6, details=details)
             batch.insert(0, start)
         self.guard.store.append(batch)
         self._state.events += len(batch)

@@ -53,6 +53,7 @@ def summary(event: AuditEvent) -> str:
     if event.kind == Kind.SESSION:
         who = f" user={event.user_id}" if event.user_id else ""
         who += f" tenant={event.tenant}" if event.tenant else ""
+        who += f" started by session {d['parent_session']}" if d.get("parent_session") else ""
         return f"session started ({d.get('mode')} mode, policy {str(d.get('policy'))[:12]}){who}"
     return _compact(d)
 

@@ -222,7 +222,7 @@ def _tool_value(name: str, spec: ToolSpec | None) -> dict[str, Any]:
 def _agent_value(name: str, spec: AgentSpec | None) -> dict[str, Any]:
     if spec is None:
         return {"name": name, "purpose": "", "owner": "", "data": []}
-    return {"name": name, "purpose": spec.purpose, "owner": spec.owner, "data": list(spec.data)}
+    return {"name": name, "purpose": spec.purpose, "owner": spec.owner, "data": list(spec.data or [])}
 
 
 def compile_policy(policy: Policy, source: Source | None = None) -> CompiledPolicy:

@@ -148,7 +148,8 @@ class AgentSpec(_Strict):
 
     purpose: str = Field(min_length=1)
     owner: str = Field(min_length=1)
-    data: list[DataClass] = []  # data classes it may handle
+    #: clearance: the data classes it may receive (None, key left out: any; []: none)
+    data: list[DataClass] | None = None
     tools: dict[Name, Grant] = {}
     limits: Limits = Limits()
 
