@@ -182,3 +182,22 @@ def test_python_objects_load_without_a_file() -> None:
     with pytest.raises(PolicyError) as caught:
         load_policy({"version": 1, "agents": {"a": {"purpose": "p", "owner": "o", "tools": {"t": "allow"}}}})
     assert str(caught.value.issues[0]) == "<policy>: agents.a.tools.t: unknown tool 't'; declare it under 'tools'"
+
+
+def test_an_mcp_servers_tool_is_untrusted_unless_the_policy_says_otherwise() -> None:
+    from tether.core import Trust, mcp_tool
+
+    compiled = load_policy(
+        {
+            "version": 1,
+            "tools": {
+                mcp_tool("helpdesk", "read_ticket"): {"effects": ["read"]},
+                "helpdesk/lookup": {"effects": ["read"], "output": "trusted"},
+                "local_search": {"effects": ["read"]},
+            },
+        }
+    )
+    tools = compiled.policy.tools
+    assert tools["helpdesk/read_ticket"].output is Trust.UNTRUSTED
+    assert tools["helpdesk/lookup"].output is Trust.TRUSTED
+    assert tools["local_search"].output is Trust.TRUSTED

@@ -20,7 +20,18 @@ from .audit import AuditEvent, AuditStore
 from .decision import Decision, Enforcement, ToolCall
 from .errors import PolicyError, PolicyIssue, StoreError, TetherError, ToolDenied, UnsupportedValueError
 from .guard import Guard, ModelRequest, Session
-from .policy import CompiledPolicy, Effect, Mode, Policy, Trust, Verdict, compile_policy, parse_policy, read_policy
+from .policy import (
+    CompiledPolicy,
+    Effect,
+    Mode,
+    Policy,
+    Trust,
+    Verdict,
+    compile_policy,
+    mcp_tool,
+    parse_policy,
+    read_policy,
+)
 
 
 def load_policy(source: object) -> CompiledPolicy:
@@ -57,5 +68,6 @@ __all__ = [
     "UnsupportedValueError",
     "Verdict",
     "load_policy",
+    "mcp_tool",
     "parse_policy",
 ]

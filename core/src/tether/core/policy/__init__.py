@@ -2,7 +2,7 @@
 
 from .compile import CompiledPolicy, compile_policy
 from .loader import parse_policy, read_policy
-from .schema import AgentSpec, Effect, Grant, Limits, Mode, Policy, Rule, ToolSpec, Trust, Verdict
+from .schema import AgentSpec, Effect, Grant, Limits, Mode, Policy, Rule, ToolSpec, Trust, Verdict, mcp_tool
 
 __all__ = [
     "AgentSpec",
@@ -17,6 +17,7 @@ __all__ = [
     "Trust",
     "Verdict",
     "compile_policy",
+    "mcp_tool",
     "parse_policy",
     "read_policy",
 ]

@@ -220,6 +220,11 @@ class DataClassSpec(_Strict):
     patterns: list[Annotated[str, Field(min_length=1, max_length=2000)]] = Field(min_length=1)
 
 
+def mcp_tool(server: str, tool: str) -> str:
+    """The name a policy gives a tool served by an MCP server: ``server/tool``."""
+    return f"{server}/{tool}"
+
+
 class Policy(_Strict):
     """A whole policy. Build one from YAML with :func:`tether.core.load_policy` or in Python."""
 
@@ -232,3 +237,19 @@ class Policy(_Strict):
     rules: list[Rule] = []
     protections: Protections = Protections()
     classes: dict[DataClass, DataClassSpec] = {}  # custom data classes, detected like the built-in ones
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mcp_output_is_untrusted(cls, value: Any) -> Any:
+        """A tool from an MCP server (``server/tool``) is someone else's code and data: its output
+        is untrusted unless the policy says ``output: trusted``."""
+        tools = value.get("tools") if isinstance(value, dict) else None
+        if not isinstance(tools, dict) or not any("/" in str(name) for name in tools):
+            return value
+
+        def with_default(name: Any, spec: Any) -> Any:
+            if "/" in str(name) and isinstance(spec, dict) and "output" not in spec:
+                return {**spec, "output": Trust.UNTRUSTED.value}
+            return spec
+
+        return {**value, "tools": {name: with_default(name, spec) for name, spec in tools.items()}}
