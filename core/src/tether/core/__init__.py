@@ -17,6 +17,7 @@ else:
 from .approvals import ApprovalAnswer, ApprovalRequest, Approver, ConsoleApprover
 from .approvals.queue import ApprovalError, ApprovalQueue, QueueApprover
 from .audit import AuditEvent, AuditStore
+from .credentials import Credential, Credentials, IdentityError
 from .decision import Decision, Enforcement, ToolCall
 from .errors import PolicyError, PolicyIssue, StoreError, TetherError, ToolDenied, UnsupportedValueError
 from .guard import Guard, ModelRequest, Session
@@ -49,10 +50,13 @@ __all__ = [
     "AuditStore",
     "CompiledPolicy",
     "ConsoleApprover",
+    "Credential",
+    "Credentials",
     "Decision",
     "Effect",
     "Enforcement",
     "Guard",
+    "IdentityError",
     "Mode",
     "ModelRequest",
     "Policy",

@@ -17,9 +17,11 @@ from .approvals.render import approval_details, approval_line
 from .approvals.terminal import whoami
 from .audit import AuditStore, verify
 from .audit.render import session_lines, tail_line
+from .credentials import Credentials
 from .errors import PolicyError, TetherError
 from .inventory import inventory
 from .policy import compile_policy, read_policy
+from .policy.schema import parse_duration
 
 _STORE = click.option(
     "--store",
@@ -59,7 +61,7 @@ def check(policies: tuple[Path, ...]) -> None:
         sys.exit(1)
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option(
     "--policy",
     envvar="TETHER_POLICY",
@@ -68,11 +70,14 @@ def check(policies: tuple[Path, ...]) -> None:
 )
 @_STORE
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def agents(policy: Path | None, store: str | None, as_json: bool) -> None:
-    """List agents from the policy and the audit: grants, use, and findings."""
+@click.pass_context
+def agents(ctx: click.Context, policy: Path | None, store: str | None, as_json: bool) -> None:
+    """List agents from the policy and the audit: grants, use, identity, and findings."""
+    if ctx.invoked_subcommand is not None:
+        return
     spec = read_policy(policy)[0] if policy else None
-    usage = _open(store).tool_usage()
-    records = inventory(spec, usage)
+    audit_store = _open(store)
+    records = inventory(spec, audit_store.tool_usage(), _active_credentials(audit_store))
     if as_json:
         click.echo(json.dumps([{**r.__dict__, "findings": r.findings} for r in records], indent=2))
         return
@@ -85,12 +90,79 @@ def agents(policy: Path | None, store: str | None, as_json: bool) -> None:
             click.echo(f"  granted: {', '.join(r.granted) or '-'}")
         used = ", ".join(f"{t} ({', '.join(f'{n} {v}' for v, n in sorted(c.items()))})" for t, c in r.used.items())
         click.echo(f"  used:    {used or '-'}")
+        if r.credentials:
+            click.echo(f"  identity: authenticated ({_count(r.credentials, 'active credential')})")
+        else:
+            click.echo("  identity: asserted in code (no credential)")
         for finding in r.findings:
             click.echo(f"  ! {finding}")
         if r.unused:
             click.echo(f"  - granted but never used: {', '.join(r.unused)}")
     if policy is None and records:
         click.echo("(no --policy given: agents and tools the policy does not know are not flagged)")
+
+
+def _active_credentials(store: AuditStore) -> dict[str, int]:
+    now = time.time_ns() // 1000
+    counts: dict[str, int] = {}
+    for credential in Credentials(store).list():
+        if credential.state(now) == "active":
+            counts[credential.agent] = counts.get(credential.agent, 0) + 1
+    return counts
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
+
+
+@agents.group()
+def credentials() -> None:
+    """Issue, list and revoke the secrets agents authenticate with."""
+
+
+@credentials.command("create")
+@click.argument("agent")
+@click.option("--tenant", "tenants", multiple=True, help="Valid only for this tenant (repeatable; default: any).")
+@click.option("--expires", metavar="DURATION", help="Lifetime, e.g. 30d or 12h (default: until revoked).")
+@_STORE
+def credentials_create(agent: str, tenants: tuple[str, ...], expires: str | None, store: str | None) -> None:
+    """Issue a credential for AGENT and print its secret (shown only this once)."""
+    try:
+        lifetime = parse_duration(expires) if expires else None
+        credential, secret = Credentials(_open(store, create=True)).create(
+            agent, tenants=list(tenants) or None, expires_in=lifetime
+        )
+    except (TetherError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(secret)
+    click.echo(f"credential {credential.id} for {agent}: store the secret now, it is not shown again", err=True)
+
+
+@credentials.command("list")
+@click.argument("agent", required=False)
+@_STORE
+def credentials_list(agent: str | None, store: str | None) -> None:
+    """List credentials (never their secrets)."""
+    now = time.time_ns() // 1000
+    found = Credentials(_open(store)).list(agent)
+    if not found:
+        click.echo("no credentials" + (f" for {agent}" if agent else ""))
+    for c in found:
+        tenants = ", ".join(c.tenants) if c.tenants is not None else "any tenant"
+        expires = time.strftime("%Y-%m-%d %H:%M", time.gmtime(c.expires_us / 1e6)) if c.expires_us else "never"
+        click.echo(f"{c.id}  {c.agent:<24} {c.state(now):<8} {tenants}  expires {expires}")
+
+
+@credentials.command("revoke")
+@click.argument("credential_id")
+@_STORE
+def credentials_revoke(credential_id: str, store: str | None) -> None:
+    """Revoke a credential: requests carrying it are refused from now on."""
+    try:
+        credential = Credentials(_open(store)).revoke(credential_id)
+    except TetherError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"revoked {credential.id} ({credential.agent})")
 
 
 @main.group()
@@ -294,9 +366,9 @@ def demo(store: str | None, timeout: float | None, interactive: bool | None) -> 
         raise click.ClickException(str(exc)) from None
 
 
-def _open(url: str | None) -> AuditStore:
+def _open(url: str | None, *, create: bool = False) -> AuditStore:
     try:
-        return AuditStore(url, create=False)
+        return AuditStore(url, create=create)
     except TetherError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -8,7 +8,7 @@ A granted tool that is never used is a hint that the grant may be wider than nee
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .policy.schema import Policy
@@ -25,6 +25,7 @@ class AgentRecord:
     ungranted: list[str] = field(default_factory=list)  # tried, not granted
     undeclared: list[str] = field(default_factory=list)  # tried, unknown to the policy
     unused: list[str] = field(default_factory=list)  # granted, never tried
+    credentials: int = 0  # active credentials it can authenticate with (0: its name is only asserted)
 
     @property
     def findings(self) -> list[str]:
@@ -39,9 +40,12 @@ class AgentRecord:
 
 
 def inventory(
-    policy: Policy | None, usage: Iterable[tuple[str | None, str | None, str | None, int]]
+    policy: Policy | None,
+    usage: Iterable[tuple[str | None, str | None, str | None, int]],
+    credentials: Mapping[str, int] | None = None,
 ) -> list[AgentRecord]:
-    """Agents from ``policy`` and from audit ``usage`` rows (agent, tool, verdict, count)."""
+    """Agents from ``policy`` and from audit ``usage`` rows (agent, tool, verdict, count), with
+    how many active ``credentials`` each has."""
     used: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
     for agent, tool, verdict, count in usage:
         if agent and tool:
@@ -66,5 +70,6 @@ def inventory(
             if spec is not None:  # an unknown agent is granted nothing: one finding says it all
                 record.ungranted = [t for t in tools if t in declared_tools and t not in record.granted]
         record.unused = [t for t in record.granted if t not in tools]
+        record.credentials = (credentials or {}).get(name, 0)
         records.append(record)
     return records

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 
 #: The newest migration; a store at this revision needs no upgrade.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0008"
 VERSION_TABLE = "tether_alembic_version"
 
 metadata = MetaData()
@@ -76,4 +76,17 @@ sensitive_values = Table(
     Column("tenant", String(255), nullable=False),  # "" for none
     Column("kind", String(64), nullable=False),
     Column("first_seen_us", BigInteger, nullable=False),
+)
+
+credentials = Table(
+    "tether_credentials",
+    metadata,
+    Column("id", String(16), primary_key=True),  # public: part of the secret, shown in lists
+    Column("agent", String(255), nullable=False),
+    Column("secret_sha256", String(64), nullable=False),  # the secret itself is never stored
+    Column("tenants", Text),  # newline-separated; NULL: any tenant
+    Column("created_us", BigInteger, nullable=False),
+    Column("expires_us", BigInteger),
+    Column("revoked_us", BigInteger),
+    Index("ix_tether_credentials_agent", "agent"),
 )
