@@ -162,33 +162,6 @@ def test_parallel_calls_each_get_an_answer(guard: Guard, tools: Tools, store: Au
     assert len({d.parent_id for d in decisions}) == 1  # both linked to the one model response
 
 
-def test_a_store_failure_denies(tmp_path: Any, tools: Tools) -> None:
-    store = AuditStore(f"sqlite:///{tmp_path / 'audit.db'}", key=KEY)
-    guard = Guard(POLICY, store=store)
-    bot, user, seen = pair(guard, tools, tool_call("lookup", {"query": "x"}))
-    store.engine.dispose()
-    (tmp_path / "audit.db").unlink()
-    (tmp_path / "audit.db").mkdir()  # the database path is now a directory: every write fails
-    chat(user, bot)
-
-    assert tools.ran == []
-    assert "Tether denied the call to 'lookup'" in contents(seen[-1])
-
-
-def test_an_adapter_failure_denies(guard: Guard, tools: Tools, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tether.autogen.classic import Registration
-
-    def broken(*_: Any) -> None:
-        raise RuntimeError("boom")
-
-    bot, user, seen = pair(guard, tools, tool_call("lookup", {"query": "x"}))
-    monkeypatch.setattr(Registration, "_prepare", broken)
-    chat(user, bot)
-
-    assert tools.ran == []
-    assert "Tether failed" in contents(seen[-1])
-
-
 def test_monitor_mode_lets_everything_run_and_records_it(store: AuditStore, tools: Tools) -> None:
     guard = Guard(POLICY, store=store, mode="monitor")
     bot, user, _ = pair(guard, tools, tool_call("send_email", {"to": "x@evil.example", "body": "b"}))
