@@ -238,7 +238,11 @@ def test_every_group_chat_entry_point_is_classified() -> None:
         from autogen.agentchat.group import multi_agent_chat
     except ImportError:
         pytest.skip("this version has no group patterns")
-    public = {n for n, f in inspect.getmembers(multi_agent_chat, inspect.isfunction) if f.__module__ == multi_agent_chat.__name__}
+    public = {
+        n
+        for n, f in inspect.getmembers(multi_agent_chat, inspect.isfunction)
+        if f.__module__ == multi_agent_chat.__name__
+    }
     entry = {n for n in public if "group_chat" in n}
     known = {  # each runs last_agent.(a_)initiate_chat(manager), where sessions start
         "initiate_group_chat",

@@ -83,6 +83,7 @@ class _Proposal:
     agent: str  # who proposed the call
     event_id: str  # the model response that proposed it
     keys: tuple[object, ...]  # how it is found again
+    call_id: str | None  # the model's id for the call (pyautogen 0.2 does not pass it on)
 
 
 _proposals: OrderedDict[object, _Proposal] = OrderedDict()
@@ -350,6 +351,7 @@ def _prepare(agent: ConversableAgent, func_call: Mapping[str, Any], call_id: str
     proposer = proposal.agent if proposal else (originator if isinstance(originator, str) else agent.name)
     session = chat.registration._session(proposer, chat.session_id, agent.name)
     tool = getattr(agent._function_map.get(name), _MCP, None) or name
+    call_id = call_id or (proposal.call_id if proposal else None)
     return _Call(chat, session, tool, args, call_id, proposal.event_id if proposal else None, parsed)
 
 
@@ -361,7 +363,7 @@ def _guarded_execute(original: Callable[..., Result]) -> Callable[..., Result]:
             call = _prepare(self, func_call, call_id)
             if call is None:  # no guard registered in this process
                 return original(self, func_call, *args, **kwargs)
-            decision = call.session.before_tool(call.name, call.args, call_id=call_id, caused_by=call.caused_by)
+            decision = call.session.before_tool(call.name, call.args, call_id=call.call_id, caused_by=call.caused_by)
             if decision.needs_approval:
                 decision = call.session.resolve(decision)
         except Exception as exc:
@@ -391,7 +393,9 @@ def _aguarded_execute(original: Callable[..., Any]) -> Callable[..., Any]:
             call = _prepare(self, func_call, call_id)
             if call is None:  # no guard registered in this process
                 return await original(self, func_call, *args, **kwargs)
-            decision = await call.session.abefore_tool(call.name, call.args, call_id=call_id, caused_by=call.caused_by)
+            decision = await call.session.abefore_tool(
+                call.name, call.args, call_id=call.call_id, caused_by=call.caused_by
+            )
             if decision.needs_approval:
                 decision = await call.session.aresolve(decision)
         except Exception as exc:
@@ -422,8 +426,9 @@ def _monitoring(agent: ConversableAgent) -> bool:
 # -- code execution ------------------------------------------------------------------------
 
 
-def _decide_code(agent: ConversableAgent, language: str, code: str) -> tuple[Session, Decision] | str:
-    """Decide on running one code block: the session and decision, or the refusal text."""
+def _decide_code(agent: ConversableAgent, language: str, code: str) -> tuple[Session, Decision] | str | None:
+    """Decide on running one code block: the session and decision, or the refusal text; None when
+    Tether failed in monitor mode (run as AutoGen would)."""
     try:
         chat = _chat_of(agent)
         if chat is None:
@@ -435,7 +440,7 @@ def _decide_code(agent: ConversableAgent, language: str, code: str) -> tuple[Ses
     except Exception as exc:
         log.exception("Tether failed while deciding on a code block")
         if _monitoring(agent):
-            raise
+            return None
         return f"Tether denied the call to '{CODE_TOOL}': Tether failed ({type(exc).__name__})"
     return (session, decision) if decision.allowed else decision.refusal()
 
@@ -456,9 +461,8 @@ def _guarded_code(original: Callable[..., tuple[int, str]]) -> Callable[..., tup
     def execute_code_blocks(self: ConversableAgent, code_blocks: list[tuple[str, str]]) -> tuple[int, str]:
         logs_all, exit_code = "", 0
         for lang, code in code_blocks:
-            try:
-                decided = _decide_code(self, lang or "", code)
-            except Exception:  # monitor mode, Tether failed: run as AutoGen would
+            decided = _decide_code(self, lang or "", code)
+            if decided is None:
                 return original(self, code_blocks)
             if isinstance(decided, str):
                 return 1, logs_all + "\n" + decided
@@ -488,9 +492,8 @@ def _guard_code_executor(agent: ConversableAgent) -> None:
             return original(self, code_blocks)  # an executor no agent runs: not a chat's code
         outputs, result = [], None
         for block in code_blocks:
-            try:
-                decided = _decide_code(agent, block.language, block.code)
-            except Exception:
+            decided = _decide_code(agent, block.language, block.code)
+            if decided is None:
                 return original(self, code_blocks)
             if isinstance(decided, str):
                 return _code_result(1, "\n".join([*outputs, decided]))
@@ -519,7 +522,9 @@ def _code_result(exit_code: int, output: str) -> Any:
 
 def _recorded_model_call(original: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(original)
-    def generate_from_client(self: ConversableAgent, llm_client: Any, messages: list[Any], *args: Any, **kw: Any) -> Any:
+    def generate_from_client(
+        self: ConversableAgent, llm_client: Any, messages: list[Any], *args: Any, **kw: Any
+    ) -> Any:
         chat = _chat_of(self)
         if chat is None:
             return original(self, llm_client, messages, *args, **kw)
@@ -584,7 +589,7 @@ def _record_response(chat: _Chat, session: Session, request: str | None, respons
     with _lock:
         for name, raw, call_id in calls:
             keys = _keys(chat.session_id, call_id, name, raw)
-            proposal = _Proposal(session.agent, event_id, keys)
+            proposal = _Proposal(session.agent, event_id, keys, call_id)
             for key in keys:
                 _remember(_proposals, key, proposal)
 
