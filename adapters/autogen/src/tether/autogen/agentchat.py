@@ -77,7 +77,8 @@ _IN_MODEL: contextvars.ContextVar[bool] = contextvars.ContextVar("tether_agentch
 _lock = threading.Lock()
 _latest: Registration | None = None
 _fallbacks: weakref.WeakKeyDictionary[Guard, Registration] = weakref.WeakKeyDictionary()
-_proposals: OrderedDict[object, str] = OrderedDict()  # (session, call id) or (session, name, args) -> response
+# (session, call id) or (session, name, args) -> (the response that proposed the call, its call id)
+_proposals: OrderedDict[object, tuple[str, str]] = OrderedDict()
 _requests: OrderedDict[tuple[str, str, int], tuple[int, Any]] = OrderedDict()  # recorded prefix of a context
 _replaced: OrderedDict[tuple[str, int], tuple[Any, Any]] = OrderedDict()  # (session, id(message)) -> redacted
 
@@ -314,7 +315,7 @@ async def _decide(tool: str, args: Mapping[str, Any], call_id: str | None) -> tu
         return None
     try:
         session = run.registration.session(_AGENT.get() or "agentchat", run.session_id)
-        caused_by = _take(run.session_id, call_id, tool, args)
+        caused_by, call_id = _take(run.session_id, call_id, tool, args) or (None, call_id)
         decision = await session.abefore_tool(tool, dict(args), call_id=call_id, caused_by=caused_by)
         if decision.needs_approval:
             decision = await session.aresolve(decision)
@@ -511,14 +512,15 @@ async def _record(session: Session, request_id: str, result: CreateResult) -> No
     response_id = await session.aafter_model(shown, tool_calls=proposed, parent=request_id)
     with _lock:
         for call in calls:
-            _remember(_proposals, (session.id, call.id), response_id)
+            _remember(_proposals, (session.id, call.id), (response_id, call.id))
             with contextlib.suppress(ValueError):  # unparseable arguments never reach a tool
-                _remember(_proposals, (session.id, call.name, _canonical(json.loads(call.arguments))), response_id)
+                by_content = (session.id, call.name, _canonical(json.loads(call.arguments)))
+                _remember(_proposals, by_content, (response_id, call.id))
 
 
-def _take(session_id: str, call_id: str | None, name: str, arguments: Mapping[str, Any]) -> str | None:
-    """The model response that proposed a call, forgotten once found. By call id, else by name
-    and arguments (AgentChat 0.5 passes no call id on)."""
+def _take(session_id: str, call_id: str | None, name: str, arguments: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The model response that proposed a call and the call's id, forgotten once found. By call
+    id, else by name and arguments (AgentChat 0.5 passes no call id on)."""
     with _lock:
         by_id = _proposals.pop((session_id, call_id), None) if call_id else None
         by_content = _proposals.pop((session_id, name, _canonical(arguments)), None)

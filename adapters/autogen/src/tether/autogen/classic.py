@@ -49,16 +49,15 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         'pip install "ag2>=0.9,<1"  (or pyautogen<=0.9)'
     ) from exc
 
-from tether.core import Decision, Guard, Mode, Session, TetherError, mcp_tool
+from tether.core import Decision, Guard, Mode, Session, TetherError
 
-__all__ = ["CODE_TOOL", "Registration", "mcp_toolkit", "register_guard"]
+__all__ = ["CODE_TOOL", "Registration", "register_guard"]
 
 log = logging.getLogger("tether.autogen")
 CODE_TOOL = "execute_code"  # the policy's name for running a code block: args {"language", "code"}
 _MAX_KEPT = 4096  # proposals and session handles kept
 _ATTR = "_tether_registration"  # on a registered agent
 _LAST_CHAT = "_tether_chat"  # on an agent: the chat it last took part in (for calls run in other threads)
-_MCP = "_tether_mcp"  # on an MCP tool's function: its policy name, server/tool
 
 Result = tuple[bool, dict[str, Any]]
 
@@ -350,9 +349,8 @@ def _prepare(agent: ConversableAgent, func_call: Mapping[str, Any], call_id: str
     originator = getattr(agent, "_tool_call_originator", None)  # a group pattern's tool executor
     proposer = proposal.agent if proposal else (originator if isinstance(originator, str) else agent.name)
     session = chat.registration._session(proposer, chat.session_id, agent.name)
-    tool = getattr(agent._function_map.get(name), _MCP, None) or name
     call_id = call_id or (proposal.call_id if proposal else None)
-    return _Call(chat, session, tool, args, call_id, proposal.event_id if proposal else None, parsed)
+    return _Call(chat, session, name, args, call_id, proposal.event_id if proposal else None, parsed)
 
 
 def _guarded_execute(original: Callable[..., Result]) -> Callable[..., Result]:
@@ -605,20 +603,6 @@ def _take(session_id: str, call_id: str | None, name: str, raw: object) -> _Prop
                         del _proposals[other]
                 return found
     return None
-
-
-# -- MCP -----------------------------------------------------------------------------------
-
-
-async def mcp_toolkit(session: Any, *, server: str, **options: Any) -> Any:
-    """ag2's ``autogen.mcp.create_toolkit(session)``, with each tool named ``server/tool`` in the
-    policy (the model still sees the MCP tool's own name)."""
-    from autogen.mcp import create_toolkit
-
-    toolkit = await create_toolkit(session, **options)
-    for tool in toolkit.tools:
-        setattr(tool.func, _MCP, mcp_tool(server, tool.name))
-    return toolkit
 
 
 # -- helpers -------------------------------------------------------------------------------
