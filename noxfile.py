@@ -101,7 +101,8 @@ def autogen_agentchat(session: nox.Session, version: str) -> None:
         session,
         "autogen",
         f"autogen-agentchat=={version}",
-        f"autogen-ext=={version}",
+        f"autogen-ext[mcp]=={version}",
+        "mcp>=1.11,<2",  # autogen-ext's MCP workbench does not import with mcp 2.x
         tests="tests/autogen/agentchat",
     )
 

@@ -8,10 +8,12 @@ response proposing one no-op tool call, plain and guarded, interleaved in one ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from autogen_agentchat.agents import AssistantAgent
@@ -49,6 +51,19 @@ def make_agent(guard: Guard | None) -> AssistantAgent:
     return agent
 
 
+@contextlib.contextmanager
+def unguarded() -> Iterator[None]:
+    """No guard registered in the process (Tether decides every call once one is): the baseline."""
+    from tether.autogen import agentchat
+
+    saved = getattr(agentchat, "_latest", None)
+    agentchat._latest = None
+    try:
+        yield
+    finally:
+        agentchat._latest = saved
+
+
 async def per_call_us(agent: AssistantAgent, n: int) -> float:
     started = time.perf_counter()
     for _ in range(n):
@@ -61,11 +76,14 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         store = AuditStore(f"sqlite:///{Path(folder) / 'bench.db'}")
         plain, guarded = make_agent(None), make_agent(Guard(POLICY, store=store))
-        await per_call_us(plain, 50)
+        with unguarded():
+            await per_call_us(plain, 50)
         await per_call_us(guarded, 50)  # warm up both
         ratios, plain_us, guarded_us = [], [], []
         for _ in range(ROUNDS):
-            p, g = await per_call_us(plain, PER_ROUND), await per_call_us(guarded, PER_ROUND)
+            with unguarded():
+                p = await per_call_us(plain, PER_ROUND)
+            g = await per_call_us(guarded, PER_ROUND)
             plain_us.append(p)
             guarded_us.append(g)
             ratios.append(g / p)

@@ -19,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -88,6 +89,19 @@ def pair() -> tuple[Any, Any]:
     return bot, user
 
 
+@contextlib.contextmanager
+def unguarded() -> Iterator[None]:
+    """No guard registered in the process (Tether decides every call once one is): the baseline."""
+    from tether.autogen import classic
+
+    saved = getattr(classic, "_latest", None)
+    classic._latest = None
+    try:
+        yield
+    finally:
+        classic._latest = saved
+
+
 def per_call(bot: Any, user: Any) -> list[float]:
     """Microseconds per tool call (a chat's time over its CALLS calls), one value per chat."""
 
@@ -150,7 +164,8 @@ def main() -> None:
             plain, guarded = pair(), pair()
         register_guard(list(guarded), guard)
         for _ in range(ROUNDS):  # interleaved, so both see the same machine noise
-            bare = statistics.median(per_call(*plain))
+            with unguarded():
+                bare = statistics.median(per_call(*plain))
             with CoreClock() as core:
                 tethered = statistics.median(per_call(*guarded))
             in_core = core.ns / 1000 / ((CHATS + 2) * CALLS)  # every chat, warm-up included

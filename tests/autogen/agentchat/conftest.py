@@ -104,7 +104,7 @@ def agent(
     tools: Tools, *script: CreateResult | str, name: str = "assistant"
 ) -> tuple[AssistantAgent, ReplayChatCompletionClient]:
     info = ModelInfo(vision=False, function_calling=True, json_output=False, family="unknown", structured_output=False)
-    client = ReplayChatCompletionClient(list(script), model_info=info)
+    client = ReplayChatCompletionClient([*script, *["done"] * 6], model_info=info)
     return AssistantAgent(name, model_client=client, tools=tools.all(), reflect_on_tool_use=False), client
 
 
@@ -131,3 +131,30 @@ def guard(store: AuditStore) -> Guard:
 @pytest.fixture
 def tools() -> Tools:
     return Tools()
+
+
+class Scripted(ReplayChatCompletionClient):
+    """AutoGen's replay client that also keeps what it was sent, as text."""
+
+    def __init__(self, chat_completions: Any, seen: list[str], **kwargs: Any) -> None:
+        super().__init__(chat_completions, **kwargs)
+        self.sent_to_model = seen
+
+    async def create(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
+        self.sent_to_model.append(json.dumps([m.model_dump() for m in messages], default=str))
+        return await super().create(messages, *args, **kwargs)
+
+
+def scripted_client(turns: list[list[tuple[str, str, str]]], seen: list[str], final: str = "done") -> Scripted:
+    """A model proposing, on its n-th call, the (id, name, arguments) calls of ``turns[n]``, then ``final``."""
+    info = ModelInfo(vision=False, function_calling=True, json_output=False, family="unknown", structured_output=False)
+    responses: list[CreateResult | str] = [
+        CreateResult(
+            content=[FunctionCall(id=i, name=n, arguments=a) for i, n, a in turn],
+            finish_reason="function_calls",
+            usage=RequestUsage(prompt_tokens=0, completion_tokens=0),
+            cached=False,
+        )
+        for turn in turns
+    ]
+    return Scripted([*responses, *[final] * 8], seen, model_info=info)

