@@ -5,6 +5,7 @@ started the work, a tool call of a guarded run passes here."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -103,7 +104,12 @@ def _call_for(tool: Any) -> _Call | None:
     return _Call(tool, run.step_guard, run.frameless_session(None), None)
 
 
-def decide(tool: Any, args: dict[str, Any], execute: Callable[[dict[str, Any]], Any]) -> Any:
+def decide(
+    tool: Any, args: dict[str, Any], execute: Callable[[dict[str, Any]], Any], *, once: bool = False
+) -> Any:
+    """Decide a call and run it as decided. ``once``: a tool that raises returns its error as the
+    call's result (recorded as an error) instead of raising, so CrewAI does not run it again
+    unasked; a new attempt is a new call the model makes and Tether decides."""
     call = _call_for(tool)
     if call is None:
         return execute(args)
@@ -118,15 +124,19 @@ def decide(tool: Any, args: dict[str, Any], execute: Callable[[dict[str, Any]], 
     token = _RUNNING.set(getattr(tool, "_original_tool", None) or tool)
     try:
         output = execute(dict(decision.args))
-    except BaseException as exc:
+    except Exception as exc:
         call.errored(decision, exc)
+        if once:
+            return tool_error(exc)
         raise
     finally:
         _RUNNING.reset(token)
     return call.shown(decision, output)
 
 
-async def adecide(tool: Any, args: dict[str, Any], execute: Callable[[dict[str, Any]], Awaitable[Any]]) -> Any:
+async def adecide(
+    tool: Any, args: dict[str, Any], execute: Callable[[dict[str, Any]], Awaitable[Any]], *, once: bool = False
+) -> Any:
     call = _call_for(tool)
     if call is None:
         return await execute(args)
@@ -143,12 +153,23 @@ async def adecide(tool: Any, args: dict[str, Any], execute: Callable[[dict[str, 
     token = _RUNNING.set(getattr(tool, "_original_tool", None) or tool)
     try:
         output = await execute(dict(decision.args))
-    except BaseException as exc:
-        call.errored(decision, exc)
+    except Exception as exc:
+        await asyncio.to_thread(call.errored, decision, exc)
+        if once:
+            return tool_error(exc)
         raise
     finally:
         _RUNNING.reset(token)
     return await call.ashown(decision, output)
+
+
+def tool_error(exc: Exception) -> Any:
+    """A raised error as a tool result CrewAI reads as a failure (a ``ToolFailure`` from 1.15)."""
+    try:
+        from crewai.tools.tool_failure import failure_from_exception
+    except ImportError:  # CrewAI 1.14
+        return f"Error executing tool: {exc}"
+    return failure_from_exception(exc)
 
 
 # -- the methods CrewAI runs tools through ------------------------------------------------------
@@ -169,14 +190,14 @@ def as_args(value: Any) -> dict[str, Any]:
 
 def wrap_invoke(original: Callable[..., Any]) -> Callable[..., Any]:
     def invoke(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Any:  # noqa: A002 - CrewAI's name
-        return decide(self, as_args(input), lambda args: original(self, args, config, **kwargs))
+        return decide(self, as_args(input), lambda args: original(self, args, config, **kwargs), once=True)
 
     return invoke
 
 
 def wrap_ainvoke(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def ainvoke(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Any:  # noqa: A002
-        return await adecide(self, as_args(input), lambda args: original(self, args, config, **kwargs))
+        return await adecide(self, as_args(input), lambda args: original(self, args, config, **kwargs), once=True)
 
     return ainvoke
 
