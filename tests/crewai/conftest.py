@@ -18,7 +18,9 @@ from crewai import Agent, Crew, Task  # noqa: E402
 from crewai.llms.base_llm import BaseLLM  # noqa: E402
 from crewai.tools import tool  # noqa: E402
 
-from tests.conformance.scenario import AGENT, USER_REQUEST, Call, ToolLog, standard_tools  # noqa: E402
+from tests.conformance.scenario import AGENT, USER_REQUEST, Call, ToolLog, scenario_store, standard_tools  # noqa: E402
+
+__all__ = ["scenario_store"]  # the scenario's store fixture, for every test here
 from tether.core import AuditStore  # noqa: E402
 
 MODES = ("react", "native")  # CrewAI's two ways of proposing tool calls
@@ -31,9 +33,10 @@ class ScriptedLLM(BaseLLM):
     """Stands in for a model: on its n-th call it proposes the calls of turn n (ReAct text, or
     native tool calls), then answers "done". Keeps every request it received, as text."""
 
-    def __init__(self, *turns: Turn, native: bool = False) -> None:
+    def __init__(self, *turns: Turn, native: bool = False, respond: Turn | None = None) -> None:
         super().__init__(model="scripted")
         self._turns = list(turns)
+        self._respond = respond  # instead of turns: the calls for each request, from the request
         self._native = native
         self.inputs: list[str] = []
 
@@ -42,7 +45,7 @@ class ScriptedLLM(BaseLLM):
 
     def call(self, messages: Any, tools: Any = None, *args: Any, **kwargs: Any) -> Any:
         self.inputs.append(json.dumps(messages, default=str))
-        turn = self._turns.pop(0) if self._turns else []
+        turn = self._respond if self._respond is not None else self._turns.pop(0) if self._turns else []
         calls = list(turn(messages, tools) if callable(turn) else turn)
         if not calls:
             return "done" if self._native else DONE_REACT

@@ -28,11 +28,23 @@ _LOCK = threading.Lock()
 _done = False
 
 #: run entry points, by class: the method, and where its ``inputs`` argument is (or None)
-CREW_RUNS = {"kickoff": 0, "kickoff_async": 0, "akickoff": 0, "replay": 1}
-FLOW_RUNS = {"kickoff": 0, "kickoff_async": 0, "akickoff": 0, "resume": None, "resume_async": None}
+CREW_RUNS: dict[str, int | None] = {"kickoff": 0, "kickoff_async": 0, "akickoff": 0, "replay": 1}
+FLOW_RUNS: dict[str, int | None] = {
+    "kickoff": 0,
+    "kickoff_async": 0,
+    "akickoff": 0,
+    "resume": None,
+    "resume_async": None,
+}
 #: an agent's own work: its run (if it is guarded and none is open) and its frame; the task's position
-AGENT_RUNS = {"execute_task": 0, "aexecute_task": 0, "kickoff": None, "kickoff_async": None, "akickoff": None}
-AGENT_RUNS_IF_PRESENT = {"message": None}  # CrewAI 1.15
+AGENT_RUNS: dict[str, int | None] = {
+    "execute_task": 0,
+    "aexecute_task": 0,
+    "kickoff": None,
+    "kickoff_async": None,
+    "akickoff": None,
+}
+AGENT_RUNS_IF_PRESENT: dict[str, int | None] = {"message": None}  # CrewAI 1.15
 TOOL_PRIMITIVES: dict[type[Any], dict[str, Callable[[Any], Any]]] = {
     CrewStructuredTool: {"invoke": _tools.wrap_invoke, "ainvoke": _tools.wrap_ainvoke},
     BaseTool: {"run": _tools.wrap_run, "arun": _tools.wrap_arun},
@@ -48,17 +60,16 @@ def install() -> None:
         for cls, methods in TOOL_PRIMITIVES.items():
             for name, wrap in methods.items():
                 _replace(cls, name, wrap)
-        for cls in _defining(Crew, CREW_RUNS):
-            for name, at in CREW_RUNS.items():
-                _replace(cls, name, lambda original, at=at: _entry(original, _crew_scope(at)))
-        for cls in _defining(Flow, FLOW_RUNS):
-            for name, at in FLOW_RUNS.items():
-                _replace(cls, name, lambda original, at=at: _entry(original, _flow_scope(at)))
         agent_runs = {**AGENT_RUNS, **{n: at for n, at in AGENT_RUNS_IF_PRESENT.items() if hasattr(Agent, n)}}
-        for agent_class in (Agent, LiteAgent):
-            for cls in _defining(agent_class, agent_runs):
-                for name, at in agent_runs.items():
-                    _replace(cls, name, lambda original, at=at: _entry(original, _agent_scope(at)))
+        for root, runs, scope in (
+            (Crew, CREW_RUNS, _crew_scope),
+            (Flow, FLOW_RUNS, _flow_scope),
+            (Agent, agent_runs, _agent_scope),
+            (LiteAgent, agent_runs, _agent_scope),
+        ):
+            for cls in _defining(root, runs):
+                for name, at in runs.items():
+                    _replace(cls, name, _entry_point(scope, at))
         _replace(Crew, "copy", _copies_keep_the_guard)
         _replace(BaseAgent, "copy", _copies_keep_the_guard)
         _replace(CacheHandler, "read", _no_cache_in_guarded_runs)
@@ -80,6 +91,10 @@ def _replace(cls: type[Any], name: str, wrap: Callable[[Any], Any]) -> None:
 
 
 Scope = Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+def _entry_point(scope: Callable[[int | None], Scope], at: int | None) -> Callable[[Any], Any]:
+    return lambda original: _entry(original, scope(at))
 
 
 def _entry(original: Callable[..., Any], scope: Scope) -> Callable[..., Any]:

@@ -6,6 +6,7 @@ tool decision links to the response that proposed it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -90,17 +91,15 @@ def proposed_calls(response: Any) -> list[tuple[str | None, str, Any]]:
     """The tool calls a native function-calling response proposes: (id, name, arguments)."""
     if not isinstance(response, list) or not response or not is_tool_call_list(response):
         return []
-    found = []
+    found: list[tuple[str | None, str, Any]] = []
     for item in response:
         info = extract_tool_call_info(item)
         if info is None:
             continue
         call_id, name, args = info
         if isinstance(args, str):
-            try:
+            with contextlib.suppress(ValueError):
                 args = json.loads(args)
-            except ValueError:
-                pass
         found.append((str(call_id), name, args))
     return found
 
@@ -123,24 +122,18 @@ def _split(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, tuple[An
     return kwargs.pop("messages", None), ()
 
 
-def _request(call: _ModelCall, request: Callable[[], ModelRequest], messages: Any) -> tuple[Any, str | None]:
-    """What to send the model, and the request's event id (None when it could not be recorded)."""
-    try:
-        recorded = request()
-    except Exception as exc:
-        return call.unrecorded(exc, messages), None
-    return call.sent(recorded), recorded.event_id
-
-
 def _wrap_call(original: Callable[..., Any]) -> Callable[..., Any]:
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         model_call = _model_call(self, kwargs)
         if model_call is None:
             return original(self, *args, **kwargs)
         messages, rest = _split(args, kwargs)
-        sent, request_id = _request(
-            model_call, lambda: model_call.session.before_model(messages, model=model_call.model), messages
-        )
+        try:
+            recorded = model_call.session.before_model(messages, model=model_call.model)
+        except Exception as exc:  # noqa: BLE001 - not sent unless monitoring
+            sent, request_id = model_call.unrecorded(exc, messages), None
+        else:
+            sent, request_id = model_call.sent(recorded), recorded.event_id
         token = _IN_CALL.set(True)
         try:
             response = original(self, sent, *rest, **kwargs)
@@ -161,7 +154,7 @@ def _wrap_acall(original: Callable[..., Any]) -> Callable[..., Any]:
         messages, rest = _split(args, kwargs)
         try:
             recorded = await model_call.session.abefore_model(messages, model=model_call.model)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - not sent unless monitoring
             sent, request_id = model_call.unrecorded(exc, messages), None
         else:
             sent, request_id = model_call.sent(recorded), recorded.event_id

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from crewai.utilities.string_utils import sanitize_tool_name
 from tether.core import Guard, Mode, Session, TetherError
 
 log = logging.getLogger("tether.crewai")
@@ -61,7 +62,8 @@ class StepGuard:
         return self
 
     def mcp_name(self, crewai_name: str) -> str:
-        return self.mcp_names.get(crewai_name, crewai_name)
+        """The policy's name of an MCP server: the user's, or CrewAI's own sanitised like a tool name."""
+        return self.mcp_names.get(crewai_name) or sanitize_tool_name(crewai_name)
 
     def new_run(self, inputs: Mapping[str, Any], *, agent: str, parent: str | None = None) -> Run:
         session_id = self.fixed_session or os.urandom(8).hex()

@@ -54,13 +54,13 @@ class _Call:
     def shown(self, decision: Decision, output: Any) -> Any:
         try:
             return self.session.after_tool(decision, output)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to record withholds the output
             return self._unrecorded(exc, output)
 
     async def ashown(self, decision: Decision, output: Any) -> Any:
         try:
             return await self.session.aafter_tool(decision, output)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to record withholds the output
             return self._unrecorded(exc, output)
 
     def errored(self, decision: Decision, error: BaseException) -> None:
@@ -104,9 +104,7 @@ def _call_for(tool: Any) -> _Call | None:
     return _Call(tool, run.step_guard, run.frameless_session(None), None)
 
 
-def decide(
-    tool: Any, args: dict[str, Any], execute: Callable[[dict[str, Any]], Any], *, once: bool = False
-) -> Any:
+def decide(tool: Any, args: dict[str, Any], execute: Callable[[dict[str, Any]], Any], *, once: bool = False) -> Any:
     """Decide a call and run it as decided. ``once``: a tool that raises returns its error as the
     call's result (recorded as an error) instead of raising, so CrewAI does not run it again
     unasked; a new attempt is a new call the model makes and Tether decides."""
@@ -116,7 +114,7 @@ def decide(
     try:
         decision = call.session.before_tool(call.name, args, call_id=call.call_id(args), caused_by=call.caused_by())
         decision = call.session.resolve(decision)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - CrewAI would run the tool anyway: refuse it instead
         refusal = call.failed(exc)
         return execute(args) if refusal is None else refusal
     if not decision.allowed:
@@ -145,7 +143,7 @@ async def adecide(
             call.name, args, call_id=call.call_id(args), caused_by=call.caused_by()
         )
         decision = await call.session.aresolve(decision)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - CrewAI would run the tool anyway: refuse it instead
         refusal = call.failed(exc)
         return await execute(args) if refusal is None else refusal
     if not decision.allowed:
@@ -166,7 +164,7 @@ async def adecide(
 def tool_error(exc: Exception) -> Any:
     """A raised error as a tool result CrewAI reads as a failure (a ``ToolFailure`` from 1.15)."""
     try:
-        from crewai.tools.tool_failure import failure_from_exception
+        from crewai.tools.tool_failure import failure_from_exception  # type: ignore[import-not-found, unused-ignore]
     except ImportError:  # CrewAI 1.14
         return f"Error executing tool: {exc}"
     return failure_from_exception(exc)
@@ -189,14 +187,14 @@ def as_args(value: Any) -> dict[str, Any]:
 
 
 def wrap_invoke(original: Callable[..., Any]) -> Callable[..., Any]:
-    def invoke(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Any:  # noqa: A002 - CrewAI's name
+    def invoke(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Any:
         return decide(self, as_args(input), lambda args: original(self, args, config, **kwargs), once=True)
 
     return invoke
 
 
 def wrap_ainvoke(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    async def ainvoke(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Any:  # noqa: A002
+    async def ainvoke(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Any:
         return await adecide(self, as_args(input), lambda args: original(self, args, config, **kwargs), once=True)
 
     return ainvoke
