@@ -172,12 +172,15 @@ CREW_RUNS: dict[str, Callable[[Crew], Any]] = {
 
 
 @pytest.mark.parametrize("entry", list(CREW_RUNS))
-def test_each_crew_run_is_governed_in_both_modes(entry: str, native: bool, scenario_store: AuditStore) -> None:
+def test_each_crew_run_is_governed_in_its_own_session_in_both_modes(
+    entry: str, native: bool, scenario_store: AuditStore
+) -> None:
     log = ToolLog()
-    crew = crew_with(log, [DELETE], native=native)
+    crew = crew_with(log, [DELETE], [], [DELETE], [], native=native)
     enable_step_guard(crew, make_guard(scenario_store))
     CREW_RUNS[entry](crew)
-    denied_once(scenario_store, log)
+    CREW_RUNS[entry](crew)  # a second run of the same crew: a new session, taint and limits do not carry over
+    denied_once(scenario_store, log, runs=2)
 
 
 @pytest.mark.parametrize("entry", ["kickoff_for_each", "kickoff_for_each_async", "akickoff_for_each"])
