@@ -266,6 +266,51 @@ def test_a_guarded_flow_governs_the_crews_it_builds(entry: str, scenario_store: 
     denied_once(scenario_store, log)
 
 
+class ToolStepFlow(Flow):  # type: ignore[type-arg]
+    """A flow whose step calls a tool itself, outside any agent."""
+
+    tool: Any = None
+
+    @start()
+    def handle(self) -> Any:
+        return self.tool.run(user_id="u1")
+
+
+def test_a_tool_a_flow_step_calls_itself_is_decided_as_the_flow(scenario_store: AuditStore) -> None:
+    log = ToolLog()
+    flow = ToolStepFlow()
+    flow.tool = next(t for t in crew_with(log).agents[0].tools if t.name == "delete_account")
+    enable_step_guard(flow, make_guard(scenario_store))
+    flow.kickoff()
+    (decision,) = decisions(scenario_store, "delete_account")
+    assert decision.agent == "ToolStepFlow" and decision.verdict == "deny" and log.calls == []
+
+
+def test_a_differently_guarded_crew_run_inside_a_guarded_flow_names_the_flows_session(
+    scenario_store: AuditStore,
+) -> None:
+    log = ToolLog()
+    inner = crew_with(log, [DELETE])
+    flow = CrewStepFlow()
+    flow.crew = inner
+    guard = make_guard(scenario_store)
+    flows = enable_step_guard(flow, guard)
+    enable_step_guard(inner, guard)  # its own step guard: its own session, linked to the flow's
+    flow.kickoff()
+    (decision,) = decisions(scenario_store, "delete_account")
+    (start,) = [e for e in scenario_store.events() if e.kind == "session.start" and e.session_id == decision.session_id]
+    assert flows.session_id and decision.session_id != flows.session_id
+    assert start.details["parent_session"] == flows.session_id
+
+
+class CrewStepFlow(Flow):  # type: ignore[type-arg]
+    crew: Any = None
+
+    @start()
+    def handle(self) -> Any:
+        return self.crew.kickoff()
+
+
 # -- multi-agent constructs ---------------------------------------------------------------------
 
 
