@@ -380,6 +380,61 @@ def test_a_guarded_tool_called_outside_any_run_is_decided_in_a_fallback_session(
     assert decision.agent == FRAMEWORK_AGENT and decision.verdict == "deny"
 
 
+def test_a_tool_class_with_its_own_run_is_governed(native: bool, scenario_store: AuditStore) -> None:
+    from crewai.tools import BaseTool
+
+    log = ToolLog()
+
+    class DeleteAccount(BaseTool):  # overrides run itself, bypassing BaseTool.run
+        name: str = "delete_account"
+        description: str = "Delete a customer's account."
+
+        def run(self, *args: Any, **kwargs: Any) -> Any:
+            return self._run(**kwargs)
+
+        def _run(self, user_id: str) -> str:
+            log.record("delete_account", user_id=user_id)
+            return f"deleted {user_id}"
+
+    agent = agent_of(ScriptedLLM([DELETE], native=native), log)
+    agent.tools = [DeleteAccount()]
+    crew = Crew(agents=[agent], tasks=[Task(description="help", expected_output="x", agent=agent)])
+    enable_step_guard(crew, make_guard(scenario_store))
+    crew.kickoff()
+    denied_once(scenario_store, log)
+
+
+def test_a_tool_that_kicks_off_a_crew_with_itself_is_decided_again_inside(scenario_store: AuditStore) -> None:
+    """A call running after its decision is not decided again when the same tool is re-entered
+    by the same agent; a crew it kicks off is other agents' work, and decided."""
+    from crewai.tools import tool
+
+    log = ToolLog()
+    inner: list[Crew] = []
+
+    @tool("lookup_order")
+    def nested_lookup(order_id: str) -> str:
+        """Look up an order's status."""
+        log.record("lookup_order", order_id=order_id)
+        if len(log.calls) == 1:
+            inner[0].kickoff()
+        return f"order {order_id}: shipped"
+
+    outer_agent = agent_of(ScriptedLLM([Call("c1", "lookup_order", {"order_id": "1"})]), log)
+    outer_agent.tools = [nested_lookup]
+    inner_agent = agent_of(ScriptedLLM([Call("c2", "lookup_order", {"order_id": "2"})]), log, role="ops")
+    inner_agent.tools = [nested_lookup]
+    inner.append(Crew(agents=[inner_agent], tasks=[Task(description="x", expected_output="x", agent=inner_agent)]))
+    outer = Crew(agents=[outer_agent], tasks=[Task(description="help", expected_output="x", agent=outer_agent)])
+    enable_step_guard(outer, make_guard(scenario_store))
+    outer.kickoff()
+    assert [(d.agent, d.verdict) for d in decisions(scenario_store, "lookup_order")] == [
+        (AGENT, "allow"),
+        ("ops", "deny"),
+    ]
+    assert log.ran("lookup_order") == [{"order_id": "1"}]
+
+
 def test_unguarded_crews_are_left_alone(scenario_store: AuditStore) -> None:
     enable_step_guard(crew_with(ToolLog()), make_guard(scenario_store))  # Tether now installed
     log = ToolLog()

@@ -28,7 +28,7 @@ from crewai.lite_agent import LiteAgent
 from crewai.tools.base_tool import BaseTool
 from tether.core import Guard, TetherError
 
-from ._install import install
+from ._install import cover_tool_classes, install
 from ._models import record_calls_of
 from ._scope import FRAMEWORK_AGENT, Identity, StepGuard, mark, step_guard_of
 
@@ -68,6 +68,7 @@ def enable_step_guard(
         for tool in getattr(agent, "tools", None) or ():
             if isinstance(tool, BaseTool):
                 mark(tool, step_guard)
+        cover_tool_classes(getattr(agent, "tools", None))
         record_calls_of(getattr(agent, "llm", None))
         record_calls_of(getattr(agent, "function_calling_llm", None))
     if isinstance(target, Crew):

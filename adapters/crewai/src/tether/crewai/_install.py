@@ -76,6 +76,23 @@ def install() -> None:
         _done = True
 
 
+def cover_tool_classes(tools: Any) -> None:
+    """Tool classes that override a primitive themselves (a ``BaseTool`` subclass with its own
+    ``run``) get the decision too, once per class."""
+    for tool in tools or ():
+        for cls in type(tool).__mro__:
+            if not issubclass(cls, (BaseTool, CrewStructuredTool)):
+                continue
+            for name, wrap in _PRIMITIVES.items():
+                found = cls.__dict__.get(name)
+                if found is not None and not getattr(found, _INSTALLED, False):
+                    with _LOCK:
+                        _replace(cls, name, wrap)
+
+
+_PRIMITIVES = {**TOOL_PRIMITIVES[CrewStructuredTool], **TOOL_PRIMITIVES[BaseTool]}
+
+
 def _defining(cls: type[Any], names: dict[str, Any]) -> list[type[Any]]:
     """The classes of ``cls``'s hierarchy that define one of ``names`` themselves."""
     return [c for c in cls.__mro__ if any(n in c.__dict__ for n in names)]
@@ -142,6 +159,7 @@ def _agent_scope(at: int | None) -> Scope:
             if run is not None:
                 for llm in (getattr(agent, "llm", None), getattr(agent, "function_calling_llm", None)):
                     record_calls_of(llm)
+                cover_tool_classes(getattr(agent, "tools", None))
                 stack.enter_context(agent_frame(agent, _argument(args, kwargs, at, "task")))
             yield
 

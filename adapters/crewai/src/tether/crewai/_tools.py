@@ -19,9 +19,12 @@ from ._scope import Frame, StepGuard, current_frame, current_run, step_guard_of
 
 log = logging.getLogger("tether.crewai")
 
-#: the tool whose call is running after its decision: the same tool re-entered inside it (a
-#: structured tool handing over to its BaseTool) is the same call, not a new one to decide
-_RUNNING: contextvars.ContextVar[object | None] = contextvars.ContextVar("tether-crewai-tool", default=None)
+#: the tool whose call is running after its decision, and the agent frame it runs in: the same
+#: tool re-entered in the same frame (a structured tool handing over to its BaseTool) is the
+#: same call, not a new one to decide; in another frame (a crew the tool kicks off) it is new
+_RUNNING: contextvars.ContextVar[tuple[object, object] | None] = contextvars.ContextVar(
+    "tether-crewai-tool", default=None
+)
 
 
 class _Call:
@@ -90,9 +93,10 @@ def policy_name(tool: Any, step_guard: StepGuard) -> str:
 def _call_for(tool: Any) -> _Call | None:
     """The call's session, or None when the tool is not ours to decide."""
     original = getattr(tool, "_original_tool", None) or tool
-    if _RUNNING.get() is original:
-        return None
     frame = current_frame()
+    running = _RUNNING.get()
+    if running is not None and running[0] is frame and running[1] is original:
+        return None
     if frame is not None:
         return _Call(tool, frame.run.step_guard, frame.session, frame)
     run = current_run()
@@ -119,7 +123,7 @@ def decide(tool: Any, args: dict[str, Any], execute: Callable[[dict[str, Any]], 
         return execute(args) if refusal is None else refusal
     if not decision.allowed:
         return decision.refusal()
-    token = _RUNNING.set(getattr(tool, "_original_tool", None) or tool)
+    token = _RUNNING.set((call.frame, getattr(tool, "_original_tool", None) or tool))
     try:
         output = execute(dict(decision.args))
     except Exception as exc:
@@ -148,7 +152,7 @@ async def adecide(
         return await execute(args) if refusal is None else refusal
     if not decision.allowed:
         return decision.refusal()
-    token = _RUNNING.set(getattr(tool, "_original_tool", None) or tool)
+    token = _RUNNING.set((call.frame, getattr(tool, "_original_tool", None) or tool))
     try:
         output = await execute(dict(decision.args))
     except Exception as exc:
