@@ -70,13 +70,13 @@ def enable_step_guard(
                 mark(tool, step_guard)
         cover_tool_classes(getattr(agent, "tools", None))
         record_calls_of(getattr(agent, "llm", None))
-        record_calls_of(getattr(agent, "function_calling_llm", None))
+        record_calls_of(vars(agent).get("function_calling_llm"))  # deprecated: read past its warning
     if isinstance(target, Crew):
         for tool in (tool for task in target.tasks for tool in task.tools or ()):
             if isinstance(tool, BaseTool):
                 mark(tool, step_guard)
         for name in ("manager_llm", "planning_llm", "function_calling_llm"):
-            record_calls_of(getattr(target, name, None))
+            record_calls_of(vars(target).get(name))  # read past deprecation warnings
     return step_guard
 
 

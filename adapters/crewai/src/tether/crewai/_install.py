@@ -157,7 +157,8 @@ def _agent_scope(at: int | None) -> Scope:
         with ExitStack() as stack:
             run = stack.enter_context(run_scope(agent, None))
             if run is not None:
-                for llm in (getattr(agent, "llm", None), getattr(agent, "function_calling_llm", None)):
+                # function_calling_llm is deprecated in CrewAI: read the field past its warning
+                for llm in (getattr(agent, "llm", None), vars(agent).get("function_calling_llm")):
                     record_calls_of(llm)
                 cover_tool_classes(getattr(agent, "tools", None))
                 stack.enter_context(agent_frame(agent, _argument(args, kwargs, at, "task")))
