@@ -16,11 +16,12 @@ from crewai.agents.agent_builder.base_agent import BaseAgent
 from crewai.agents.cache.cache_handler import CacheHandler
 from crewai.flow.flow import Flow
 from crewai.lite_agent import LiteAgent
+from crewai.llms.base_llm import BaseLLM
 from crewai.tools.base_tool import BaseTool, Tool
 from crewai.tools.structured_tool import CrewStructuredTool
 
 from . import _tools
-from ._models import record_calls_of
+from ._models import record_calls_of, record_known_model_classes
 from ._scope import active, agent_frame, mark, run_scope, step_guard_of
 
 _INSTALLED = "_tether_installed"
@@ -73,6 +74,7 @@ def install() -> None:
         _replace(Crew, "copy", _copies_keep_the_guard)
         _replace(BaseAgent, "copy", _copies_keep_the_guard)
         _replace(CacheHandler, "read", _no_cache_in_guarded_runs)
+        record_known_model_classes(BaseLLM)
         _done = True
 
 

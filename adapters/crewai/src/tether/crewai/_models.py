@@ -30,20 +30,38 @@ _IN_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("tether-crewai-m
 def record_calls_of(llm: Any) -> None:
     """Record the model calls of ``llm``'s class (once per class, for every instance: a copy of
     an agent gets a copy of its LLM). Outside a guarded run the wrapper only passes through."""
-    cls = type(llm)
-    if llm is None or isinstance(llm, str) or cls.__dict__.get(_WRAPPED):
+    if llm is not None and not isinstance(llm, str):
+        record_class(type(llm))
+
+
+def record_known_model_classes(base: type[Any]) -> None:
+    """Every model client class already defined (CrewAI's providers, the user's own); classes
+    defined later are covered when an agent of a guarded run first uses one."""
+    pending = list(base.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if not inspect.isabstract(cls):
+            record_class(cls)
+
+
+def record_class(cls: type[Any]) -> None:
+    if cls.__dict__.get(_WRAPPED):
         return
     with _LOCK:
         if cls.__dict__.get(_WRAPPED):
             return
         for name, wrap in (("call", _wrap_call), ("acall", _wrap_acall)):
             original = getattr(cls, name, None)
-            if callable(original) and not getattr(original, _WRAPPED, False):
-                if name == "acall" and not inspect.iscoroutinefunction(original):
-                    continue
-                wrapper = functools.wraps(original)(wrap(original))
-                setattr(wrapper, _WRAPPED, True)
-                setattr(cls, name, wrapper)
+            if not callable(original) or getattr(original, _WRAPPED, False):
+                continue
+            if getattr(original, "__isabstractmethod__", False):
+                continue
+            if name == "acall" and not inspect.iscoroutinefunction(original):
+                continue
+            wrapper = functools.wraps(original)(wrap(original))
+            setattr(wrapper, _WRAPPED, True)
+            setattr(cls, name, wrapper)
         setattr(cls, _WRAPPED, True)
 
 
