@@ -2,216 +2,124 @@
 
     from tether.crewai import enable_step_guard
 
-    enable_step_guard(crew, guard)   # every agent of the crew, delegation and managers included
+    enable_step_guard(crew, guard)   # or an Agent, or a Flow
     crew.kickoff()
 
-CrewAI runs every tool call of every agent through its tool-call hooks (``crewai.hooks``),
-whatever the process (sequential or hierarchical), and delegation between agents is itself a
-tool call. Tether registers one before-hook and one after-hook per process and answers only for
-the crews it guards. The before-hook decides the call; a refused call does not run and the agent
-reads Tether's refusal as the tool's observation. The after-hook records the output and hands the
-agent what Tether lets it see. LLM-call hooks record the model requests and responses.
-
-CrewAI swallows any exception a hook raises and runs the tool anyway, so every failure here is
-caught and turned into a refusal: the guard fails closed.
+Tether decides where CrewAI runs every tool: ``CrewStructuredTool.invoke`` / ``ainvoke`` and
+``BaseTool.run`` / ``arun``, the calls that ReAct text mode, native function calling, delegation,
+the hierarchical manager and MCP tools all end in. It records model calls at the agent's model
+client (``call`` / ``acall``), sending the model what ``before_model`` returns. The run entry
+points (``Crew.kickoff`` and its async and per-input twins, ``Flow.kickoff``, ``Agent.kickoff``,
+``Agent.execute_task``...) only open the run's session and say which agent acts, through context
+variables, so copies of a guarded crew, crews a guarded flow builds and agents working for
+another agent are governed too. A tool of a guarded crew called outside any run is decided in a
+fallback session. Tether's own failures refuse the call (monitor mode: record and let it through).
 """
 
 from __future__ import annotations
 
-import contextvars
-import functools
-import logging
-import os
-import threading
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
-from crewai.hooks import (
-    register_after_llm_call_hook,
-    register_after_tool_call_hook,
-    register_before_llm_call_hook,
-    register_before_tool_call_hook,
-)
-from tether.core import Decision, Guard, Mode, Session, TetherError
+from crewai import Agent, Crew
+from crewai.agents.agent_builder.base_agent import BaseAgent
+from crewai.flow.flow import Flow
+from crewai.lite_agent import LiteAgent
+from crewai.tools.base_tool import BaseTool
+from tether.core import Guard, TetherError
 
-__all__ = ["StepGuard", "enable_step_guard"]
+from ._install import cover_tool_classes, install
+from ._models import record_calls_of
+from ._scope import FRAMEWORK_AGENT, Identity, StepGuard, mark, step_guard_of
 
-log = logging.getLogger("tether.crewai")
-_ATTRIBUTE = "_tether_step_guard"  # set on each guarded crew: it lives and dies with the crew
-_INSTALLED = threading.Lock()
-_hooks_installed = False
-_run: contextvars.ContextVar[str] = contextvars.ContextVar("tether-crewai-run")
-
-
-@dataclass
-class StepGuard:
-    """Tether enabled on one crew: its guard, and the session of the current kickoff."""
-
-    guard: Guard
-    session_id: str
-    fixed: bool
-    user: str | None = None
-    tenant: str | None = None
-    # id(tool_input) -> the session and decision (or refusal text) the after-hook needs
-    _pending: dict[int, tuple[Session | None, Decision | str]] = field(default_factory=dict)
-    _requests: dict[int, tuple[Session, str, int]] = field(default_factory=dict)  # id(executor) -> request
-    _responses: dict[tuple[str, str], str] = field(default_factory=dict)  # (session, agent) -> last response
-
-    def session(self, agent: Any, task: Any) -> Session:
-        role = str(getattr(agent, "role", "") or "").strip() or "crewai-agent"
-        context = {"framework": "crewai"}
-        description = str(getattr(task, "name", None) or getattr(task, "description", "") or "")
-        if description:
-            context["task"] = description[:120]
-        session_id = self.session_id if self.fixed else _run.get(self.session_id)
-        return self.guard.session(role, session_id, user=self.user, tenant=self.tenant, context=context)
-
-    def new_run(self) -> str:
-        """A new session for a kickoff (unless one was fixed), visible to the hooks it runs."""
-        if not self.fixed:
-            self.session_id = os.urandom(8).hex()
-        _run.set(self.session_id)
-        return self.session_id
-
-    @property
-    def monitoring(self) -> bool:
-        return self.guard.mode is Mode.MONITOR
+__all__ = ["FRAMEWORK_AGENT", "StepGuard", "enable_step_guard"]
 
 
 def enable_step_guard(
-    crew: Any, guard: Guard, *, session_id: str | None = None, user: str | None = None, tenant: str | None = None
+    target: Any,
+    guard: Guard,
+    *,
+    session_id: str | None = None,
+    user: Identity = None,
+    tenant: Identity = None,
+    mcp_servers: Mapping[str, Any] | None = None,
 ) -> StepGuard:
-    """Decide every tool call of ``crew``'s agents with ``guard``. Each kickoff is a session
-    (``session_id`` fixes one). Enabling the same guard twice is a no-op; another guard raises."""
-    existing: StepGuard | None = getattr(crew, _ATTRIBUTE, None)
+    """Decide every tool call of ``target`` (a ``Crew``, an ``Agent`` or a ``Flow``) with ``guard``.
+
+    Each run (a kickoff, a flow run, one input of ``kickoff_for_each``) is a new session, unless
+    ``session_id`` fixes one. ``user`` and ``tenant`` are strings, or functions of the run's
+    ``inputs`` (``lambda inputs: inputs["customer"]``). ``mcp_servers`` names the MCP servers
+    the agents load (``{"helpdesk": MCPServerStdio(...)}``): their tools are ``helpdesk/<tool>``
+    in the policy. Enabling the same guard twice is a no-op; another guard raises.
+    """
+    install()
+    existing = step_guard_of(target)
     if existing is not None:
         if existing.guard is not guard:
             raise TetherError("this crew is already guarded by another Tether guard")
         return existing
-    step_guard = StepGuard(guard, session_id or os.urandom(8).hex(), session_id is not None, user, tenant)
-    object.__setattr__(crew, _ATTRIBUTE, step_guard)  # a pydantic model: set past its field checks
-    _install_hooks()
-    for name in ("kickoff", "kickoff_async"):
-        _start_session_on(crew, name, step_guard)
+    agents = _agents_of(target)
+    for agent in agents:
+        _refuse_ungoverned(agent)
+    step_guard = StepGuard(guard, session_id=session_id, user=user, tenant=tenant, mcp_names=_mcp_names(mcp_servers))
+    mark(target, step_guard)
+    for agent in agents:
+        mark(agent, step_guard)
+        for tool in getattr(agent, "tools", None) or ():
+            if isinstance(tool, BaseTool):
+                mark(tool, step_guard)
+        cover_tool_classes(getattr(agent, "tools", None))
+        record_calls_of(getattr(agent, "llm", None))
+        record_calls_of(vars(agent).get("function_calling_llm"))  # deprecated: read past its warning
+    if isinstance(target, Crew):
+        for tool in (tool for task in target.tasks for tool in task.tools or ()):
+            if isinstance(tool, BaseTool):
+                mark(tool, step_guard)
+        for name in ("manager_llm", "planning_llm", "function_calling_llm"):
+            record_calls_of(vars(target).get(name))  # read past deprecation warnings
     return step_guard
 
 
-def _start_session_on(crew: Any, name: str, step_guard: StepGuard) -> None:
-    original = getattr(crew, name)
-    if name == "kickoff_async":
-
-        @functools.wraps(original)
-        async def kickoff_async(*args: Any, **kwargs: Any) -> Any:
-            step_guard.new_run()
-            return await original(*args, **kwargs)
-
-        wrapper: Any = kickoff_async
-    else:
-
-        @functools.wraps(original)
-        def kickoff(*args: Any, **kwargs: Any) -> Any:
-            step_guard.new_run()
-            return original(*args, **kwargs)
-
-        wrapper = kickoff
-    object.__setattr__(crew, name, wrapper)
+def _agents_of(target: Any) -> list[Any]:
+    if isinstance(target, Crew):
+        return [a for a in [*target.agents, target.manager_agent] if a is not None]
+    if isinstance(target, (BaseAgent, LiteAgent)):
+        return [target]
+    if isinstance(target, Flow):
+        return []  # the crews and agents it runs act in the flow's run
+    raise TetherError(f"enable_step_guard takes a Crew, an Agent or a Flow, not {type(target).__name__}")
 
 
-def _install_hooks() -> None:
-    global _hooks_installed
-    with _INSTALLED:
-        if not _hooks_installed:
-            register_before_tool_call_hook(_before_tool)
-            register_after_tool_call_hook(_after_tool)
-            register_before_llm_call_hook(_before_llm)
-            register_after_llm_call_hook(_after_llm)
-            _hooks_installed = True
-
-
-def _guard_of(crew: Any) -> StepGuard | None:
-    return getattr(crew, _ATTRIBUTE, None) if crew is not None else None
-
-
-# -- tool calls -----------------------------------------------------------------------------
-
-
-def _before_tool(context: Any) -> bool | None:
-    step_guard = _guard_of(context.crew)
-    if step_guard is None:
-        return None  # not a guarded crew
-    try:
-        session = step_guard.session(context.agent, context.task)
-        caused_by = step_guard._responses.get((session.id, session.agent))
-        decision = session.before_tool(context.tool_name, dict(context.tool_input), caused_by=caused_by)
-        if decision.needs_approval:
-            decision = session.resolve(decision)
-    except Exception as exc:  # CrewAI would swallow it and run the tool: refuse instead
-        log.exception("Tether failed while deciding on %s", context.tool_name)
-        if step_guard.monitoring:
-            return None
-        step_guard._pending[id(context.tool_input)] = (None, f"Tether could not decide ({type(exc).__name__})")
-        return False
-    if not decision.allowed:
-        step_guard._pending[id(context.tool_input)] = (session, decision.refusal())
-        return False
-    if decision.args != context.tool_input:  # redacted or edited by an approver: in place, as CrewAI asks
-        context.tool_input.clear()
-        context.tool_input.update(decision.args)
-    step_guard._pending[id(context.tool_input)] = (session, decision)
-    return None
-
-
-def _after_tool(context: Any) -> str | None:
-    step_guard = _guard_of(context.crew)
-    if step_guard is None:
-        return None
-    session, outcome = step_guard._pending.pop(id(context.tool_input), (None, None))
-    if isinstance(outcome, str):
-        return outcome  # the refusal, instead of CrewAI's generic "blocked by hook"
-    if outcome is None or session is None:
-        return None
-    try:
-        seen = session.after_tool(outcome, context.tool_result)
-    except Exception as exc:
-        log.exception("Tether could not record the output of %s", context.tool_name)
-        return (
-            None if step_guard.monitoring else f"Tether could not record this output ({type(exc).__name__}); withheld"
+def _refuse_ungoverned(agent: Any) -> None:
+    """Configurations whose actions would not pass Tether: refused here, never run unseen."""
+    role = getattr(agent, "role", "?")
+    if getattr(agent, "a2a", None):
+        raise TetherError(
+            f"agent {role!r} delegates to remote agents over A2A (a2a=...), which Tether does not "
+            "govern; remove a2a= from a guarded agent"
         )
-    return None if seen is context.tool_result else str(seen)
+    if isinstance(agent, BaseAgent) and not isinstance(agent, Agent):
+        raise TetherError(
+            f"agent {role!r} is a {type(agent).__name__}, which runs its tools in another framework; "
+            "Tether governs crewai.Agent members only"
+        )
 
 
-# -- model calls ----------------------------------------------------------------------------
+def _mcp_names(servers: Mapping[str, Any] | None) -> dict[str, str]:
+    """CrewAI's own name of each MCP server (``python_server_py`` for a stdio command, the host
+    for a URL), mapped to the name the policy uses."""
+    if not servers:
+        return {}
+    from crewai.mcp.tool_resolver import MCPToolResolver
 
-
-def _before_llm(context: Any) -> bool | None:
-    step_guard = _guard_of(context.crew)
-    if step_guard is None:
-        return None
-    try:
-        session = step_guard.session(context.agent, context.task)
-        key = id(context.executor)
-        previous = step_guard._requests.get(key)
-        start = previous[2] if previous and previous[0].id == session.id and previous[2] <= len(context.messages) else 0
-        new = list(context.messages[start:])
-        request = session.before_model(new, model=str(getattr(context.llm, "model", "") or ""))
-        step_guard._requests[key] = (session, request.event_id, len(context.messages))
-    except Exception:
-        log.exception("Tether could not record a model request")
-        return None if step_guard.monitoring else False
-    return None if request.allowed else False
-
-
-def _after_llm(context: Any) -> str | None:
-    step_guard = _guard_of(context.crew)
-    if step_guard is None:
-        return None
-    pending = step_guard._requests.get(id(context.executor))
-    if pending is None:
-        return None
-    session, request_id, _ = pending
-    try:
-        response_id = session.after_model(context.response, parent=request_id)
-        step_guard._responses[(session.id, session.agent)] = response_id
-    except Exception:
-        log.exception("Tether could not record a model response")
-    return None
+    names = {}
+    for name, server in servers.items():
+        try:
+            if isinstance(server, str):
+                crewai_name = MCPToolResolver._extract_server_name(server)
+            else:
+                crewai_name = MCPToolResolver._create_transport(server)[1]
+        except Exception as exc:
+            raise TetherError(f"cannot name the MCP server {name!r} ({server!r}): {exc}") from exc
+        names[crewai_name] = name
+    return names
