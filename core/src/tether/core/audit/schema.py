@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 
 #: The newest migration; a store at this revision needs no upgrade.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0006"
 VERSION_TABLE = "tether_alembic_version"
 
 metadata = MetaData()
@@ -76,4 +76,14 @@ sensitive_values = Table(
     Column("tenant", String(255), nullable=False),  # "" for none
     Column("kind", String(64), nullable=False),
     Column("first_seen_us", BigInteger, nullable=False),
+)
+
+baselines = Table(
+    "tether_baselines",
+    metadata,
+    Column("agent", String(255), primary_key=True),
+    Column("tenant", String(255), primary_key=True),  # "" for all of the agent's sessions
+    Column("learned_us", BigInteger, nullable=False),
+    Column("sessions", Integer, nullable=False),
+    Column("data", Text, nullable=False),  # JSON: counts, tools, fingerprints of destinations
 )
