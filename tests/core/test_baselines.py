@@ -77,9 +77,9 @@ def test_destinations_are_whole_arguments_that_name_where_data_goes() -> None:
         },
         KEY,
     )
-    by_shown = {d.shown.split(":")[0]: d for d in found}
+    by_shown = {d.shown(KEY).split(":")[0]: d for d in found}
     assert len(found) == 4 and set(by_shown) == {"[email", "[iban", "upload.evil.example"}
-    ann, bob = (d for d in found if d.shown.endswith("@example.com"))  # masked, never raw
+    ann, bob = (d for d in found if d.shown(KEY).endswith("@example.com"))  # shown masked, never raw
     assert ann.domain == bob.domain and ann.address != bob.address
     host = by_shown["upload.evil.example"]
     assert host.domain != host.address
@@ -274,3 +274,25 @@ def test_baseline_commands_and_agents_show_what_was_learned_and_who_departed(
     assert shown.output.startswith("support: 4 sessions")
     bad = runner.invoke(main, ["baseline", "learn", "--since", "soon", "--store", url])
     assert bad.exit_code == 2 and "expected a duration" in bad.output
+
+
+def test_a_store_that_fails_after_loading_keeps_the_last_good_baseline(
+    learned: AuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tether.core.baselines as baselines
+
+    guard = Guard(policy(new_tool="ask", refresh="1ms"), store=learned)
+    session = guard.session("support", "s")
+    assert session.before_tool("export_all", {}).verdict is Verdict.ASK  # baseline read and used
+    asked: list[str] = []
+
+    def unavailable(store: AuditStore, agent: str | None = None) -> list[Baseline]:
+        asked.append(agent or "")
+        raise baselines.StoreError("connection refused")
+
+    monkeypatch.setattr(baselines, "load_baselines", unavailable)
+    time.sleep(0.01)
+    for _ in range(5):
+        decision = session.before_tool("export_all", {})
+        assert (decision.verdict, decision.rule_ids) == (Verdict.ASK, ("tether.new-tool",))
+    assert asked == ["support"]  # asked again once, then not before the retry delay

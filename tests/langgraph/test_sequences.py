@@ -55,7 +55,9 @@ class Script(BaseChatModel):
     def bind_tools(self, tools: Any, **kwargs: Any) -> Script:
         return self
 
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any) -> ChatResult:
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> ChatResult:
         turn = sum(isinstance(m, AIMessage) for m in messages)
         message = self.turns[turn] if turn < len(self.turns) else AIMessage("done")
         return ChatResult(generations=[ChatGeneration(message=message)])

@@ -18,10 +18,11 @@ stale, store unreadable) skips the checks and says so in the decision; it never 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +31,10 @@ import sqlalchemy as sa
 from .audit.events import Kind
 from .audit.schema import baselines as table
 from .audit.schema import events
-from .classify import DEFAULT, Classifier, compile_pattern, normalize
+from .classify import DEFAULT, Classifier, normalize
 from .errors import StoreError
 from .keys import fingerprint
-from .policy.schema import Anomalies, Effect, ToolSpec
+from .policy.schema import Anomalies, Effect
 from .provenance import strings
 from .redact import mask
 from .sequences import ANOMALY_FINDINGS, BURST_SECONDS
@@ -46,29 +47,37 @@ NEW_TOOL, NEW_DESTINATION, VOLUME, BURST = ANOMALY_FINDINGS
 OUTWARD = frozenset({Effect.EXTERNAL, Effect.MONEY})  # the tools whose arguments name destinations
 
 # An argument is a destination when its whole value is an address, a link or host, or an IBAN:
-# values inside longer text (an email's body) are what is sent, not where.
-_EMAIL = compile_pattern(r"[A-Za-z0-9._%+-]+@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})")
-_HOST = compile_pattern(r"(?:[A-Za-z][A-Za-z0-9+.-]*://)?((?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,})(?::\d+)?(?:[/?#]\S*)?")
-_IBAN = compile_pattern(r"[A-Z]{2}\d{2}[A-Z0-9]{10,30}")
+# values inside longer text (an email's body) are what is sent, not where. These run on short
+# strings only (at most _LONGEST characters) and cannot backtrack far (each repetition ends on
+# a character the next cannot start with), so the standard engine's speed is safe here.
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})")
+_HOST = re.compile(r"(?:[A-Za-z][A-Za-z0-9+-]*://)?((?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,})(?::\d+)?(?:[/?#]\S*)?")
+_IBAN = re.compile(r"[A-Z]{2}\d{2}[A-Z0-9]{10,30}")
 
 
 @dataclass(frozen=True)
 class Destination:
     address: str  # fingerprint of the exact destination (a recipient, a host, an account)
     domain: str  # fingerprint of its organisation (an address's domain, a host's last two labels, a bank)
-    shown: str  # masked, for reasons
+    value: str = field(repr=False, compare=False)  # in memory only: shown masked, never stored
+
+    def shown(self, key: bytes, classifier: Classifier = DEFAULT) -> str:
+        return mask(self.value, key, classifier)
 
 
-def destinations(args: Any, key: bytes, classifier: Classifier = DEFAULT) -> list[Destination]:
+_LONGEST = 320  # no address, host or account is longer
+
+
+def destinations(args: Any, key: bytes) -> list[Destination]:
     """The external destinations a call's arguments name."""
     out: dict[str, Destination] = {}
     for text in strings(args):
-        found = _destination(normalize(text).strip()) if len(text) <= 2048 else None
+        found = _destination(normalize(text).strip()) if len(text) <= _LONGEST else None
         if found is not None:
             address, domain = found
             fp = _fingerprint(key, "destination", address)
             if fp not in out:
-                out[fp] = Destination(fp, _fingerprint(key, "domain", domain), mask(address, key, classifier))
+                out[fp] = Destination(fp, _fingerprint(key, "domain", domain), address)
     return list(out.values())
 
 
@@ -78,12 +87,15 @@ def _fingerprint(key: bytes, kind: str, value: str) -> str:
 
 def _destination(text: str) -> tuple[str, str] | None:
     """(address, domain) when ``text`` is wholly one destination."""
-    email = _EMAIL.fullmatch(text)
-    if email:
-        return text.casefold(), email.group(1).casefold()
-    compact = text.replace(" ", "").upper()
-    if _IBAN.fullmatch(compact):
-        return compact, compact[:2] + compact[4:8]  # country and (in most countries) the bank's code
+    if "@" in text:
+        email = _EMAIL.fullmatch(text)
+        return (text.casefold(), email.group(1).casefold()) if email else None
+    if text[:2].isalpha() and len(text) <= 42:  # an IBAN, perhaps written in groups
+        compact = text.replace(" ", "").upper()
+        if _IBAN.fullmatch(compact):
+            return compact, compact[:2] + compact[4:8]  # country and (in most countries) the bank's code
+    if "." not in text or " " in text:
+        return None
     host = _HOST.fullmatch(text)
     if host and ("://" in text or not text.replace(".", "").isdigit()):
         name = host.group(1).casefold()
@@ -325,51 +337,70 @@ class BaselineCheck:
     """One guard's view of the baselines in its store (re-read every ``refresh``), and the
     check of a call against them."""
 
-    def __init__(self, store: AuditStore, anomalies: Anomalies) -> None:
+    def __init__(self, store: AuditStore, anomalies: Anomalies, classifier: Classifier = DEFAULT) -> None:
         self.store = store
         self.anomalies = anomalies
-        self._cache: dict[str, tuple[float, dict[str, Baseline] | str]] = {}
+        self.classifier = classifier  # to mask destinations in reasons
+        self._rows: dict[str, tuple[float, dict[str, Baseline] | str]] = {}  # agent -> (until, rows or why none)
+        #: (agent, tenant) -> (until, the baseline that applies or None, why none, when it goes stale)
+        self._chosen: dict[tuple[str, str], tuple[float, Baseline | None, str, float]] = {}
         self._lock = threading.Lock()
 
     def baseline(self, agent: str, tenant: str | None, now: float) -> tuple[Baseline | None, str]:
         """The baseline that applies to ``agent`` (in ``tenant``), or None and why there is none."""
-        found = self._rows(agent)
-        if isinstance(found, str):
-            return None, found
-        settings = self.anomalies
-        row = found.get(tenant) if tenant else None
-        if row is None or row.sessions < settings.min_sessions:
-            row = found.get("")
+        clock = time.monotonic()
+        chosen = self._chosen.get((agent, tenant or ""))
+        if chosen is None or clock >= chosen[0]:
+            chosen = self._choose(agent, tenant or "", clock)
+        _, row, why, stale_at = chosen
         if row is None:
-            return None, f"no baseline learned for agent {agent!r}"
-        if row.sessions < settings.min_sessions:
-            return None, (
-                f"the baseline of agent {agent!r} has {row.sessions} sessions, fewer than {settings.min_sessions}"
-            )
-        age = now - row.learned_us / 1e6
-        if age > settings.max_age:
-            return None, f"the baseline of agent {agent!r} is stale: learned {age / 86400:.1f} days ago"
+            return None, why
+        if now > stale_at:
+            days = (now - row.learned_us / 1e6) / 86400
+            return None, f"the baseline of agent {agent!r} is stale: learned {days:.1f} days ago"
         return row, ""
 
-    def _rows(self, agent: str) -> dict[str, Baseline] | str:
-        clock = time.monotonic()
-        cached = self._cache.get(agent)
-        if cached is not None:
-            fetched, rows = cached
-            fresh_for = self.anomalies.refresh if not isinstance(rows, str) else _RETRY_AFTER_FAILURE
-            if clock - fetched < fresh_for:
-                return rows
+    def _choose(self, agent: str, tenant: str, clock: float) -> tuple[float, Baseline | None, str, float]:
+        """The tenant's own baseline if it has enough sessions, else the agent's across all of them."""
+        until, rows = self._fetch(agent, clock)
+        least = self.anomalies.min_sessions
+        row, why = None, rows if isinstance(rows, str) else ""
+        if not isinstance(rows, str):
+            row = rows.get(tenant) if tenant else None
+            if row is None or row.sessions < least:
+                row = rows.get("")
+            if row is None:
+                why = f"no baseline learned for agent {agent!r}"
+            elif row.sessions < least:
+                why = f"the baseline of agent {agent!r} has {row.sessions} sessions, fewer than {least}"
+                row = None
+        stale_at = row.learned_us / 1e6 + self.anomalies.max_age if row is not None else 0.0
+        chosen = (until, row, why, stale_at)
+        self._keep(self._chosen, (agent, tenant), chosen)
+        return chosen
+
+    def _fetch(self, agent: str, clock: float) -> tuple[float, dict[str, Baseline] | str]:
+        """An agent's baselines by tenant, read from the store at most once per ``refresh``."""
+        cached = self._rows.get(agent)
+        if cached is not None and clock < cached[0]:
+            return cached
         try:
-            rows = {b.tenant: b for b in load_baselines(self.store, agent)}
+            entry: tuple[float, dict[str, Baseline] | str] = (
+                clock + self.anomalies.refresh,
+                {b.tenant: b for b in load_baselines(self.store, agent)},
+            )
         except Exception as exc:  # noqa: BLE001 - no baseline must never fail a decision
-            if cached is not None and not isinstance(cached[1], str):
-                return cached[1]  # the last good copy: stale by at most max_age, which is checked
-            rows = f"baselines unavailable: {exc}".splitlines()[0]
+            good = cached[1] if cached is not None and not isinstance(cached[1], str) else None
+            # keep using the last good copy (its age is still checked); ask the store again later
+            entry = (clock + _RETRY_AFTER_FAILURE, good or f"baselines unavailable: {exc}".splitlines()[0])
+        self._keep(self._rows, agent, entry)
+        return entry
+
+    def _keep(self, cache: dict[Any, Any], key: Any, value: Any) -> None:
         with self._lock:
-            if len(self._cache) >= 4096 and agent not in self._cache:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[agent] = (clock, rows)
-        return rows
+            if len(cache) >= 4096 and key not in cache:  # agent names can come from outside: bound it
+                cache.pop(next(iter(cache)), None)
+            cache[key] = value
 
     def check(
         self,
@@ -377,7 +408,6 @@ class BaselineCheck:
         agent: str,
         tenant: str | None,
         tool: str,
-        spec: ToolSpec | None,
         named: list[Destination],
         now: float,
     ) -> tuple[list[Anomaly], str]:
@@ -386,41 +416,29 @@ class BaselineCheck:
         if baseline is None:
             return [], skipped
         settings = self.anomalies
-        of = f"{baseline.sessions} learned sessions of agent {agent!r}"
         found: list[Anomaly] = []
         if tool not in baseline.tools:
-            found.append(Anomaly(NEW_TOOL, settings.new_tool, f"tool {tool!r} was never used in the {of}"))
+            found.append(Anomaly(NEW_TOOL, settings.new_tool, f"tool {tool!r} was never used"))
         calls = state.calls(agent) + 1
         if calls > baseline.calls_max:
             found.append(
-                Anomaly(
-                    VOLUME, settings.volume, f"call {calls} of this session; at most {baseline.calls_max} in the {of}"
-                )
+                Anomaly(VOLUME, settings.volume, f"call {calls} of this session; at most {baseline.calls_max}")
             )
         history = state.history
         recent = (history.recent_calls(agent, now) if history is not None else 0) + 1
         if recent > baseline.burst_max:
-            found.append(
-                Anomaly(
-                    BURST,
-                    settings.burst,
-                    f"{recent} calls within a minute; at most {baseline.burst_max} in the {of}",
+            reason = f"{recent} calls within a minute; at most {baseline.burst_max}"
+            found.append(Anomaly(BURST, settings.burst, reason))
+        if named:
+            by_address = settings.destinations == "address"
+            seen = baseline.addresses if by_address else baseline.domains
+            new = [d for d in named if (d.address if by_address else d.domain) not in seen]
+            if new:
+                shown = ", ".join(repr(d.shown(self.store.key, self.classifier)) for d in new[:3])
+                more = f" and {len(new) - 3} more" if len(new) > 3 else ""
+                found.append(
+                    Anomaly(NEW_DESTINATION, settings.new_destination, f"destination {shown}{more} never seen")
                 )
-            )
-        seen = baseline.addresses if settings.destinations == "address" else baseline.domains
-        new = [d for d in named if (d.address if settings.destinations == "address" else d.domain) not in seen]
-        if new:
-            shown = ", ".join(repr(d.shown) for d in new[:3]) + (f" and {len(new) - 3} more" if len(new) > 3 else "")
-            found.append(
-                Anomaly(NEW_DESTINATION, settings.new_destination, f"destination {shown} never seen in the {of}")
-            )
+        for anomaly in found:  # say against what, only when there is something to say
+            anomaly.reason += f" in the {baseline.sessions} learned sessions of agent {agent!r}"
         return found, ""
-
-
-def destinations_of(
-    spec: ToolSpec | None, args: Mapping[str, Any], key: bytes, classifier: Classifier
-) -> list[Destination]:
-    """The destinations an outward tool's call names (none for other tools)."""
-    if spec is None or OUTWARD.isdisjoint(spec.effects):
-        return []
-    return destinations(args, key, classifier)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .audit.store import AuditStore
-from .baselines import BaselineCheck, destinations_of
+from .baselines import OUTWARD, BaselineCheck, destinations
 from .decision import Ruling
 from .policy.compile import CompiledPolicy
 from .policy.schema import Verdict
@@ -27,7 +27,9 @@ class Behaviour:
         self.policy = policy
         self.store = store
         anomalies = policy.policy.anomalies
-        self.baselines = BaselineCheck(store, anomalies) if anomalies is not None else None
+        self.baselines = BaselineCheck(store, anomalies, policy.classifier) if anomalies is not None else None
+        # the tools whose arguments can name an external destination
+        self._outward = {name for name, spec in policy.policy.tools.items() if not OUTWARD.isdisjoint(spec.effects)}
 
     def rule_on(
         self,
@@ -44,41 +46,47 @@ class Behaviour:
     ) -> tuple[Ruling, list[str], dict[str, Any]]:
         """``ruling`` made stricter by what fires, the findings to record, and details for the
         decision's audit event (the destinations it names, why baseline checks were skipped)."""
-        policy, key = self.policy, self.store.key
-        spec = policy.policy.tools.get(tool)
-        named = destinations_of(spec, args, key, policy.classifier)
+        key = self.store.key
+        named = destinations(args, key) if tool in self._outward else []
         details: dict[str, Any] = {"destinations": [[d.address, d.domain] for d in named]} if named else {}
-        if ruling.verdict is Verdict.DENY or state.history is None:
+        history = state.history
+        if history is None or ruling.verdict is _DENY:
             return ruling, [], details
-        hits = state.history.check(state, agent, tool, args, labels, now, key, user, tenant)
+        hits = history.check(state, agent, tool, args, labels, now, key, user, tenant)
         findings: list[str] = []
         if self.baselines is not None:
-            anomalies, skipped = self.baselines.check(state, agent, tenant, tool, spec, named, now)
+            anomalies, skipped = self.baselines.check(state, agent, tenant, tool, named, now)
             if skipped:
                 details["anomalies"] = f"skipped: {skipped}"
-            findings = [str(a) for a in anomalies]
-            hits += [Hit(a.outcome, a.finding, a.reason) for a in anomalies if a.outcome != "allow"]
-        for hit in hits:
-            ruling = tighten(ruling, hit)
-        return ruling, findings, details
+            if anomalies:
+                findings = [str(a) for a in anomalies]
+                hits += [Hit(a.outcome, a.finding, a.reason) for a in anomalies if a.outcome != "allow"]
+        return tighten(ruling, hits), findings, details
 
 
-def tighten(ruling: Ruling, hit: Hit) -> Ruling:
-    """``ruling`` with ``hit`` applied: a stricter hit replaces it, an equal one joins it."""
-    verdict = Verdict(hit.action)
-    ids = (hit.rule_id,)
-    if ruling.verdict is Verdict.DENY:
+def tighten(ruling: Ruling, hits: list[Hit]) -> Ruling:
+    """``ruling`` with ``hits`` applied: the strictest outcome wins, and every hit of that
+    outcome adds its rule id and reason (redactions apply whatever else is decided)."""
+    if not hits or ruling.verdict is _DENY:
         return ruling
-    if verdict is Verdict.DENY:
-        return Ruling(Verdict.DENY, hit.reason, ids, error=hit.error)
-    if verdict is Verdict.ASK:
-        if ruling.verdict is Verdict.ASK:  # both must be satisfied; no standing approval covers a sequence
-            return ruling._replace(
-                reason=f"{ruling.reason}; {hit.reason}", rule_ids=ruling.rule_ids + ids, for_session=False
-            )
-        return Ruling(Verdict.ASK, hit.reason, ids, ruling.redact)
-    redact = tuple(dict.fromkeys(ruling.redact + hit.redact))
-    if ruling.verdict is Verdict.ASK:  # approved or not, these arguments are replaced
-        return ruling._replace(redact=redact)
-    reason = f"{ruling.reason}; {hit.reason}: {', '.join(hit.redact)} redacted"
-    return Ruling(Verdict.REDACT, reason, ruling.rule_ids + ids, redact)
+    denies = [h for h in hits if h.action == "deny"]
+    if denies:
+        error = next((h.error for h in denies if h.error), None)
+        return Ruling(_DENY, "; ".join(h.reason for h in denies), tuple(h.rule_id for h in denies), error=error)
+    redacts = [h for h in hits if h.action == "redact"]
+    redact = (
+        tuple(dict.fromkeys(ruling.redact + tuple(f for h in redacts for f in h.redact))) if redacts else ruling.redact
+    )
+    asks = [h for h in hits if h.action == "ask"]
+    asked = ruling.verdict is _ASK
+    if asked or asks:
+        reasons = ([ruling.reason] if asked else []) + [h.reason for h in asks]
+        ids = (ruling.rule_ids if asked else ()) + tuple(h.rule_id for h in asks)
+        # both must be satisfied, and no standing approval covers what a session's history triggers
+        for_session = ruling.for_session and not asks
+        return Ruling(_ASK, "; ".join(reasons), ids, redact, None, ruling.approvers if asked else None, for_session)
+    reason = "; ".join([ruling.reason] + [f"{h.reason}: {', '.join(h.redact)} redacted" for h in redacts])
+    return Ruling(Verdict.REDACT, reason, ruling.rule_ids + tuple(h.rule_id for h in redacts), redact)
+
+
+_DENY, _ASK = Verdict.DENY, Verdict.ASK  # looked up once: enum members are slow to fetch

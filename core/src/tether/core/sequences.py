@@ -18,6 +18,7 @@ each event as it is written and, in a process that did not see them, from the st
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import difflib
 import fnmatch
@@ -48,6 +49,8 @@ _CALL, _OUTPUT = 0, 1
 _CACHE_SIZE = 4096  # tool and agent names can come from a model: bound what is cached per name
 _MAX_CARRIED = 50_000  # values remembered per 'carries' rule and session (the oldest go first)
 _MAX_ASKED = 1024  # asked calls remembered until their approval arrives
+_MAX_RECENT = 100_000  # call times kept per agent for the burst check (a minute's worth at most)
+_NONE: frozenset[str] = frozenset()
 
 Stamp = tuple[int, float]  # (calls let through so far, time): where in the session an event sits
 
@@ -62,8 +65,8 @@ class Hit(NamedTuple):
     error: str | None = None
 
 
-@dataclass(frozen=True, eq=False)
-class _Step:
+@dataclass(frozen=True)
+class _Step:  # compares by value: rules whose patterns begin alike share their state
     tools: tuple[str, ...] | None  # patterns
     effects: frozenset[Effect] | None
     untrusted: bool
@@ -87,6 +90,8 @@ class _Rule:
     steps: tuple[_Step, ...]
     negative: bool  # 'without': fires when the steps did not happen
     window: Window
+    calls: int | None  # the window's bounds, as plain numbers for the hot path
+    seconds: float | None
     agents: tuple[str, ...] | None
     tools: tuple[str, ...] | None
     effects: frozenset[Effect] | None
@@ -105,36 +110,58 @@ def _selects(
 
 
 class SequenceProgram:
-    """A policy's sequence rules, compiled; shared by every session. Build with :func:`compile_sequences`."""
+    """A policy's sequence rules, compiled; shared by every session. Build with :func:`compile_sequences`.
+
+    Which steps an event advances, and which rules a call can fire, depend only on a few facts
+    (the tool, the data classes, the findings, whether the output is untrusted), so each answer
+    is worked out once and kept: the hot path then touches only the steps and rules that apply.
+    """
 
     def __init__(self, rules: list[_Rule], tools: Mapping[str, ToolSpec], *, track_rate: bool) -> None:
         self.rules = rules
         self.track_rate = track_rate  # the anomaly checks need recent call times
         self._tools = tools
-        self._observers: dict[tuple[int, str], tuple[tuple[int, int], ...]] = {}
-        self._candidates: dict[tuple[str, str], tuple[int, ...]] = {}
+        # One slot per distinct prefix of the rules' patterns (shared by the rules that begin
+        # alike): its step, the slot of the prefix before it, its length.
+        self.slots: list[tuple[_Step, int, int]] = []
+        self.last: list[int] = []  # for each rule, the slot of its whole pattern
+        known: dict[tuple[_Step, ...], int] = {}
+        for rule in rules:
+            parent = -1
+            for j, step in enumerate(rule.steps):
+                slot = known.get(rule.steps[: j + 1])
+                if slot is None:
+                    slot = known[rule.steps[: j + 1]] = len(self.slots)
+                    self.slots.append((step, parent, j))
+                parent = slot
+            self.last.append(parent)
+        self.carrying = frozenset(self.last[r] for r, rule in enumerate(rules) if rule.carries is not None)
+        self._observers: dict[tuple[Any, ...], tuple[tuple[int, int, bool], ...]] = {}
+        self._candidates: dict[tuple[str, str, frozenset[str]], tuple[int, ...]] = {}
         self._declared: dict[str, frozenset[str]] = {name: frozenset(spec.data) for name, spec in tools.items()}
         self._lock = threading.Lock()
 
-    def observers(self, kind: int, tool: str) -> tuple[tuple[int, int], ...]:
-        """(rule, step) pairs an event of ``kind`` on ``tool`` may advance, each rule's steps last first."""
-        key = (kind, tool)
-        found = self._observers.get(key)
-        if found is None:
+    def observers(
+        self, kind: int, tool: str, labels: frozenset[str], found: frozenset[str], untrusted: bool
+    ) -> tuple[tuple[int, int, bool], ...]:
+        """(slot, previous slot, keeps carried values) for each slot such an event matches, longer
+        prefixes first (so each reads the shorter prefix's state from before the event)."""
+        key = (kind, tool, labels, found, untrusted)
+        matched = self._observers.get(key)
+        if matched is None:
             spec = self._tools.get(tool)
-            found = tuple(
-                (r, j)
-                for r, rule in enumerate(self.rules)
-                for j in range(len(rule.steps) - 1, -1, -1)
-                if (rule.steps[j].on_calls if kind == _CALL else rule.steps[j].on_outputs)
-                and _selects(rule.steps[j].tools, rule.steps[j].effects, tool, spec)
+            slots = sorted(range(len(self.slots)), key=lambda slot: -self.slots[slot][2])
+            matched = tuple(
+                (slot, self.slots[slot][1], kind == _OUTPUT and slot in self.carrying)
+                for slot in slots
+                if _step_matches(self.slots[slot][0], kind, tool, spec, labels, found, untrusted)
             )
-            self._remember(self._observers, key, found)
-        return found
+            self._remember(self._observers, key, matched)
+        return matched
 
-    def candidates(self, agent: str, tool: str) -> tuple[int, ...]:
-        """The rules whose attempted call can be ``agent`` calling ``tool``."""
-        key = (agent, tool)
+    def candidates(self, agent: str, tool: str, labels: frozenset[str]) -> tuple[int, ...]:
+        """The rules whose attempted call can be ``agent`` calling ``tool`` with ``labels``."""
+        key = (agent, tool, labels)
         found = self._candidates.get(key)
         if found is None:
             spec = self._tools.get(tool)
@@ -143,6 +170,7 @@ class SequenceProgram:
                 for r, rule in enumerate(self.rules)
                 if (rule.agents is None or any(fnmatch.fnmatchcase(agent, p) for p in rule.agents))
                 and _selects(rule.tools, rule.effects, tool, spec)
+                and (rule.data is None or not rule.data.isdisjoint(labels))
             )
             self._remember(self._candidates, key, found)
         return found
@@ -152,9 +180,29 @@ class SequenceProgram:
 
     def _remember(self, cache: dict[Any, Any], key: Any, value: Any) -> None:
         with self._lock:
-            if len(cache) >= _CACHE_SIZE:
-                cache.pop(next(iter(cache)))
+            if len(cache) >= _CACHE_SIZE:  # names and label sets come from outside: bound the cache
+                cache.pop(next(iter(cache)), None)
             cache[key] = value
+
+
+def _step_matches(
+    step: _Step,
+    kind: int,
+    tool: str,
+    spec: ToolSpec | None,
+    labels: frozenset[str],
+    found: frozenset[str],
+    untrusted: bool,
+) -> bool:
+    if not (step.on_calls if kind == _CALL else step.on_outputs):
+        return False
+    if step.untrusted and not untrusted:
+        return False
+    if step.data is not None and step.data.isdisjoint(labels):
+        return False
+    if step.findings is not None and step.findings.isdisjoint(found):
+        return False
+    return _selects(step.tools, step.effects, tool, spec)
 
 
 class History:
@@ -164,10 +212,8 @@ class History:
     def __init__(self, program: SequenceProgram) -> None:
         self.program = program
         self.calls = 0  # calls let through so far, by any agent of the session
-        self._best: list[list[Stamp | None]] = [[None] * len(rule.steps) for rule in program.rules]
-        self._carried: list[OrderedDict[str, Stamp] | None] = [
-            OrderedDict() if rule.carries is not None else None for rule in program.rules
-        ]
+        self._best: list[Stamp | None] = [None] * len(program.slots)  # each prefix's most recent start
+        self._carried: dict[int, OrderedDict[str, Stamp]] = {slot: OrderedDict() for slot in program.carrying}
         self._asked: OrderedDict[str, tuple[frozenset[str], frozenset[str]]] = OrderedDict()
         self._recent: dict[str, deque[float]] = {}
 
@@ -180,7 +226,7 @@ class History:
             return
         ts = event.ts_us / 1e6
         if kind == Kind.APPROVAL:
-            labels, found = self._asked.pop(event.parent_id or "", (frozenset(), frozenset()))
+            labels, found = self._asked.pop(event.parent_id or "", (_NONE, _NONE))
             if event.verdict == "allow":
                 self._call(agent, tool, labels, found, ts)
             return
@@ -188,10 +234,13 @@ class History:
             return
         if details is None:
             details = json.loads(event.data)
-        labels = frozenset(details.get("labels") or ())
+        written = details.get("labels")
+        labels = frozenset(written) if written else _NONE
         if kind == Kind.TOOL_RESULT:
-            values = details.get("values") or ()
-            self._output(tool, labels, bool(details.get("untrusted")), values, ts)
+            labels |= self.program.declared_data(tool)  # what the tool is declared to return counts too
+            matched = self.program.observers(_OUTPUT, tool, labels, _NONE, bool(details.get("untrusted")))
+            if matched:
+                self._advance(matched, (self.calls, ts), details.get("values") or ())
         elif details.get("allowed"):
             self._call(agent, tool, labels, finding_ids(details.get("findings")), ts)
         elif event.verdict == "ask":  # it runs if approved: remember what it carried until then
@@ -201,44 +250,26 @@ class History:
 
     def _call(self, agent: str, tool: str, labels: frozenset[str], found: frozenset[str], ts: float) -> None:
         self.calls += 1
-        self._advance(_CALL, tool, (self.calls, ts), labels, found, False, ())
+        matched = self.program.observers(_CALL, tool, labels, found, False)
+        if matched:
+            self._advance(matched, (self.calls, ts), ())
         if self.program.track_rate:
-            times = self._recent.setdefault(agent, deque())
+            times = self._recent.get(agent)
+            if times is None:
+                times = self._recent[agent] = deque(maxlen=_MAX_RECENT)
             times.append(ts)
-            while times and times[0] < ts - BURST_SECONDS:
+            while times[0] < ts - BURST_SECONDS:
                 times.popleft()
 
-    def _output(self, tool: str, labels: frozenset[str], untrusted: bool, values: Iterable[str], ts: float) -> None:
-        labels = labels | self.program.declared_data(tool)  # what the tool is declared to return counts too
-        self._advance(_OUTPUT, tool, (self.calls, ts), labels, frozenset(), untrusted, values)
-
-    def _advance(
-        self,
-        kind: int,
-        tool: str,
-        stamp: Stamp,
-        labels: frozenset[str],
-        found: frozenset[str],
-        untrusted: bool,
-        values: Iterable[str],
-    ) -> None:
-        rules = self.program.rules
-        for r, j in self.program.observers(kind, tool):  # a rule's later steps first: each reads
-            rule = rules[r]  # the previous step's state from before this event
-            step = rule.steps[j]
-            if step.data is not None and step.data.isdisjoint(labels):
-                continue
-            if step.untrusted and not untrusted:
-                continue
-            if step.findings is not None and step.findings.isdisjoint(found):
-                continue
-            best = self._best[r]
-            start = stamp if j == 0 else best[j - 1]
+    def _advance(self, matched: tuple[tuple[int, int, bool], ...], stamp: Stamp, values: Iterable[str]) -> None:
+        best = self._best
+        for slot, parent, carries in matched:
+            start = stamp if parent < 0 else best[parent]
             if start is None:
                 continue
-            best[j] = start  # never older than what it replaces: starts only move forward
-            carried = self._carried[r]
-            if carried is not None and kind == _OUTPUT and j == len(rule.steps) - 1:
+            best[slot] = start  # never older than what it replaces: starts only move forward
+            if carries:
+                carried = self._carried[slot]
                 for fp in values:
                     carried[fp] = start
                     carried.move_to_end(fp)
@@ -248,7 +279,12 @@ class History:
     def recent_calls(self, agent: str, now: float) -> int:
         """Calls ``agent`` made in this session in the last minute."""
         times = self._recent.get(agent)
-        return sum(1 for t in times if t >= now - BURST_SECONDS) if times else 0
+        if not times:
+            return 0
+        cutoff = now - BURST_SECONDS
+        if times[0] >= cutoff:  # the usual case: each call drops the times a minute older than it
+            return len(times)
+        return len(times) - bisect.bisect_left(times, cutoff)
 
     # -- what it means for a call ------------------------------------------------------------
 
@@ -267,14 +303,21 @@ class History:
         """The sequence rules that fire if ``agent`` calls ``tool`` now. Does not change anything."""
         hits: list[Hit] = []
         upcoming = self.calls + 1
-        for r in self.program.candidates(agent, tool):
-            rule = self.program.rules[r]
-            if rule.data is not None and rule.data.isdisjoint(labels):
-                continue
+        rules, last, best = self.program.rules, self.program.last, self._best
+        values: dict[tuple[str, ...], set[str]] = {}  # argument fingerprints, worked out once per call
+        for r in self.program.candidates(agent, tool, labels):
+            rule = rules[r]
             if rule.carries is None:
-                matched = _within(rule.window, self._best[r][-1], upcoming, now)
+                start = best[last[r]]
+                matched = start is not None and (
+                    upcoming - start[0] <= rule.calls
+                    if rule.calls is not None
+                    else now - start[1] <= rule.seconds
+                    if rule.seconds is not None
+                    else True
+                )
             else:
-                matched = self._carried_within(r, rule, args, upcoming, now, key)
+                matched = self._carried_within(r, rule, args, upcoming, now, key, values)
             if matched is rule.negative:
                 continue
             if rule.condition is not None:
@@ -289,26 +332,34 @@ class History:
         return hits
 
     def _carried_within(
-        self, r: int, rule: _Rule, args: Mapping[str, Any], upcoming: int, now: float, key: bytes
+        self,
+        r: int,
+        rule: _Rule,
+        args: Mapping[str, Any],
+        upcoming: int,
+        now: float,
+        key: bytes,
+        values: dict[tuple[str, ...], set[str]],
     ) -> bool:
-        carried = self._carried[r]
+        carried = self._carried[self.program.last[r]]
         if not carried:
             return False
-        parts: list[Any] = [args] if not rule.carries else [_at(args, path) for path in rule.carries]
-        for part in parts:
-            for fp in fingerprints(key, argument_values(part)):
-                if _within(rule.window, carried.get(fp), upcoming, now):
-                    return True
-        return False
+        paths = rule.carries or ()
+        fps = values.get(paths)
+        if fps is None:
+            parts: list[Any] = [_at(args, path) for path in paths] if paths else [args]
+            fps = values[paths] = {fp for part in parts for fp in fingerprints(key, argument_values(part))}
+        return any(_within(rule, carried.get(fp), upcoming, now) for fp in fps)
 
 
-def _within(window: Window, start: Stamp | None, upcoming: int, now: float) -> bool:
+def _within(rule: _Rule, start: Stamp | None, upcoming: int, now: float) -> bool:
+    """Whether a match that began at ``start`` lies within the rule's window (as in :meth:`History.check`)."""
     if start is None:
         return False
-    if window.calls is not None:
-        return upcoming - start[0] <= window.calls
-    if window.seconds is not None:
-        return now - start[1] <= window.seconds
+    if rule.calls is not None:
+        return upcoming - start[0] <= rule.calls
+    if rule.seconds is not None:
+        return now - start[1] <= rule.seconds
     return True
 
 
@@ -343,7 +394,7 @@ def _variables(
 
 def finding_ids(findings: Iterable[str] | None) -> frozenset[str]:
     """The ids of a decision's findings (each recorded as ``"id: reason"``)."""
-    return frozenset(f.split(": ", 1)[0] for f in findings or ())
+    return frozenset(f.split(": ", 1)[0] for f in findings) if findings else _NONE
 
 
 # -- compiling ---------------------------------------------------------------------------------
@@ -416,6 +467,8 @@ class _Checker:
             tuple(s for s in steps if s is not None),
             negative,
             rule.within,
+            rule.within.calls,
+            rule.within.seconds,
             _tuple(then.agents),
             _tuple(then.tools),
             frozenset(then.effects) if then.effects is not None else None,
