@@ -399,3 +399,12 @@ def test_tether_check_reports_sequence_problems(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["check", str(path)])
     assert result.exit_code == 1
     assert f"{path}:18:17: sequences[0].after[0].tools: unknown tool 'read_tiket'" in result.output
+
+
+def test_the_findings_a_step_may_name_are_those_decisions_record() -> None:
+    from tether.core.baselines import BURST, NEW_DESTINATION, NEW_TOOL, VOLUME
+    from tether.core.protect import EGRESS, INJECTED, INSTRUCTIONS
+    from tether.core.sequences import ANOMALY_FINDINGS, PROTECTION_FINDINGS
+
+    assert PROTECTION_FINDINGS == (INJECTED, INSTRUCTIONS, EGRESS)
+    assert ANOMALY_FINDINGS == (NEW_TOOL, NEW_DESTINATION, VOLUME, BURST)

@@ -3,9 +3,10 @@
 "A read of personal data followed by an external send within ten calls needs approval" is a
 pattern of steps (what happened, in order) and an attempted call. Each rule is compiled into a
 small state machine kept per session: for every prefix of its steps, the start (call number and
-time) of the most recent way the session has matched that prefix. An event advances only the
-steps that can select its tool, and a decision reads only the rules whose attempted call can
-select its agent and tool, so neither depends on how long the session is.
+time) of the most recent way the session has matched that prefix (rules whose patterns begin
+alike share it). An event advances only the prefixes it matches, and a decision reads only the
+rules whose attempted call can select its agent and tool, so neither depends on how long the
+session is.
 
 Keeping the *most recent* start is enough for every window: a window bounds how long ago the
 pattern began, and a later start is always at least as good. A negative rule (``without``)
