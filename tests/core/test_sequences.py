@@ -408,3 +408,17 @@ def test_the_findings_a_step_may_name_are_those_decisions_record() -> None:
 
     assert PROTECTION_FINDINGS == (INJECTED, INSTRUCTIONS, EGRESS)
     assert ANOMALY_FINDINGS == (NEW_TOOL, NEW_DESTINATION, VOLUME, BURST)
+
+
+def test_tether_check_summarises_sequences_and_anomaly_checks(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tether.core.cli import main
+
+    path = tmp_path / "p.yaml"
+    path.write_text(BASE + "anomalies: {new_destination: ask}\n")
+    result = CliRunner().invoke(main, ["check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "  sequences: 1; anomaly checks: new_tool: allow, new_destination: ask, volume: allow, burst: allow\n" in (
+        result.output
+    )

@@ -302,11 +302,14 @@ class History:
         tenant: str | None = None,
     ) -> list[Hit]:
         """The sequence rules that fire if ``agent`` calls ``tool`` now. Does not change anything."""
+        candidates = self.program.candidates(agent, tool, labels)
+        if not candidates:
+            return []
         hits: list[Hit] = []
         upcoming = self.calls + 1
         rules, last, best = self.program.rules, self.program.last, self._best
         values: dict[tuple[str, ...], set[str]] = {}  # argument fingerprints, worked out once per call
-        for r in self.program.candidates(agent, tool, labels):
+        for r in candidates:
             rule = rules[r]
             if rule.carries is None:
                 start = best[last[r]]
