@@ -54,13 +54,13 @@ def check(policies: tuple[Path, ...]) -> None:
             f"{path}: ok ({len(p.agents)} agents, {len(p.tools)} tools, {len(p.rules)} rules, "
             f"{p.mode.value} mode, default {p.default})"
         )
-        if p.sequences or p.anomalies is not None:
-            outcomes = (
-                p.anomalies.model_dump(include={"new_tool", "new_destination", "volume", "burst"})
-                if p.anomalies
-                else {}
+        a = p.anomalies
+        if p.sequences or a is not None:
+            checks = (
+                f"new_tool: {a.new_tool}, new_destination: {a.new_destination}, volume: {a.volume}, burst: {a.burst}"
+                if a is not None
+                else "off"
             )
-            checks = ", ".join(f"{k}: {v}" for k, v in outcomes.items()) if p.anomalies else "off"
             click.echo(f"  sequences: {len(p.sequences)}; anomaly checks: {checks}")
         unlimited = sorted(name for name, agent in p.agents.items() if agent.data is None)
         if unlimited:
