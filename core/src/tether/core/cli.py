@@ -17,6 +17,7 @@ from .approvals.render import approval_details, approval_line
 from .approvals.terminal import whoami
 from .audit import AuditStore, verify
 from .audit.render import session_lines, tail_line
+from .baselines import Baseline, departures, learn_from_store, load_baselines
 from .credentials import Credentials
 from .errors import PolicyError, TetherError
 from .inventory import inventory
@@ -54,6 +55,14 @@ def check(policies: tuple[Path, ...]) -> None:
             f"{path}: ok ({len(p.agents)} agents, {len(p.tools)} tools, {len(p.rules)} rules, "
             f"{p.mode.value} mode, default {p.default})"
         )
+        a = p.anomalies
+        if p.sequences or a is not None:
+            checks = (
+                f"new_tool: {a.new_tool}, new_destination: {a.new_destination}, volume: {a.volume}, burst: {a.burst}"
+                if a is not None
+                else "off"
+            )
+            click.echo(f"  sequences: {len(p.sequences)}; anomaly checks: {checks}")
         unlimited = sorted(name for name, agent in p.agents.items() if agent.data is None)
         if unlimited:
             click.echo(f"  note: no 'data' clearance, so they may receive any data class: {', '.join(unlimited)}")
@@ -72,14 +81,24 @@ def check(policies: tuple[Path, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def agents(ctx: click.Context, policy: Path | None, store: str | None, as_json: bool) -> None:
-    """List agents from the policy and the audit: grants, use, identity, and findings."""
+    """List agents from the policy and the audit: grants, use, identity, baselines, and findings."""
     if ctx.invoked_subcommand is not None:
         return
     spec = read_policy(policy)[0] if policy else None
     audit_store = _open(store)
     records = inventory(spec, audit_store.tool_usage(), _active_credentials(audit_store))
+    learned, departed = _behaviour(audit_store)
     if as_json:
-        click.echo(json.dumps([{**r.__dict__, "findings": r.findings} for r in records], indent=2))
+        out = [
+            {
+                **r.__dict__,
+                "findings": r.findings,
+                "baselines": [_baseline_json(b) for b in learned.get(r.name, [])],
+                "departed": {s: dict(c) for s, c in departed.get(r.name, {}).items()},
+            }
+            for r in records
+        ]
+        click.echo(json.dumps(out, indent=2))
         return
     if not records:
         click.echo("no agents: give a policy with --policy, or run an agent under Tether first")
@@ -98,6 +117,9 @@ def agents(ctx: click.Context, policy: Path | None, store: str | None, as_json: 
             click.echo(f"  ! {finding}")
         if r.unused:
             click.echo(f"  - granted but never used: {', '.join(r.unused)}")
+        for b in learned.get(r.name, []):
+            click.echo(f"  baseline{f' (tenant {b.tenant})' if b.tenant else ''}: {_baseline_line(b)}")
+        _departures(departed.get(r.name, {}))
     if policy is None and records:
         click.echo("(no --policy given: agents and tools the policy does not know are not flagged)")
 
@@ -109,10 +131,6 @@ def _active_credentials(store: AuditStore) -> dict[str, int]:
         if credential.state(now) == "active":
             counts[credential.agent] = counts.get(credential.agent, 0) + 1
     return counts
-
-
-def _count(n: int, thing: str) -> str:
-    return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
 @agents.group()
@@ -163,6 +181,92 @@ def credentials_revoke(credential_id: str, store: str | None) -> None:
     except TetherError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"revoked {credential.id} ({credential.agent})")
+
+
+def _behaviour(audit_store: AuditStore) -> tuple[dict[str, list[Baseline]], dict[str, Any]]:
+    """Each agent's baselines, and the sessions whose decisions recorded departures from them."""
+    learned: dict[str, list[Baseline]] = {}
+    try:
+        for b in load_baselines(audit_store):
+            learned.setdefault(b.agent, []).append(b)
+        return learned, departures(audit_store)
+    except TetherError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _departures(sessions: dict[str, Any], most: int = 10) -> None:
+    if not sessions:
+        return
+    click.echo(f"  departed from its baseline: {_count(len(sessions), 'session')}")
+    for session_id, found in list(sessions.items())[:most]:
+        kinds = ", ".join(f"{kind.removeprefix('tether.')} x{n}" for kind, n in sorted(found.items()))
+        click.echo(f"    {session_id}: {kinds}")
+    if len(sessions) > most:
+        click.echo(f"    ... and {len(sessions) - most} more (--json lists them all)")
+
+
+def _baseline_line(b: Baseline) -> str:
+    learned = time.strftime("%Y-%m-%d %H:%M", time.localtime(b.learned_us / 1e6))
+    return (
+        f"{_count(b.sessions, 'session')} (learned {learned}); calls per session median {b.calls_p50}, "
+        f"p95 {b.calls_p95}, max {b.calls_max}; at most {b.burst_max} a minute; "
+        f"tools {', '.join(b.tools) or '-'}; {_count(len(b.addresses), 'destination')}"
+    )
+
+
+def _baseline_json(b: Baseline) -> dict[str, Any]:
+    out = {name: getattr(b, name) for name in b.__dataclass_fields__ if name not in ("addresses", "domains")}
+    return {**out, "destinations": len(b.addresses), "destination_domains": len(b.domains)}
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+@main.group()
+def baseline() -> None:
+    """Learn what is normal for each agent from the audit, and show it."""
+
+
+@baseline.command(name="learn")
+@_STORE
+@click.option("--since", metavar="DURATION", help="Learn from this last period only (7d, 12h); default: everything.")
+def baseline_learn(store: str | None, since: str | None) -> None:
+    """Learn each agent's baseline (and each tenant's) from the audit, and store it for every process."""
+    try:
+        since_us = int((time.time() - parse_duration(since)) * 1e6) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    audit_store = _open(store)
+    started = time.perf_counter()
+    try:
+        learned = learn_from_store(audit_store, since_us)
+    except TetherError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not learned:
+        click.echo("no tool calls in the audit" + (f" in the last {since}" if since else "") + ": nothing learned")
+        return
+    for b in learned:
+        click.echo(f"{b.agent}{f' (tenant {b.tenant})' if b.tenant else ''}: {_baseline_line(b)}")
+    click.echo(f"learned {_count(len(learned), 'baseline')} in {time.perf_counter() - started:.1f}s")
+
+
+@baseline.command(name="show")
+@_STORE
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def baseline_show(store: str | None, as_json: bool) -> None:
+    """The baselines in the store."""
+    try:
+        learned = load_baselines(_open(store))
+    except TetherError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps([_baseline_json(b) for b in learned], indent=2))
+        return
+    if not learned:
+        click.echo("no baselines: run `tether baseline learn` once agents have run under Tether")
+    for b in learned:
+        click.echo(f"{b.agent}{f' (tenant {b.tenant})' if b.tenant else ''}: {_baseline_line(b)}")
 
 
 @main.group()

@@ -15,6 +15,7 @@ from typing import Any
 from .approvals import ApprovalAnswer, ApprovalRequest, Approver
 from .audit.events import Kind, NewEvent
 from .audit.store import AuditStore
+from .behaviour import Behaviour
 from .classify import Classifier
 from .decision import ERROR_RULE, Decision, Enforcement, Ruling, ToolCall, decide, redact_args
 from .errors import StoreError, TetherError, UnsupportedValueError
@@ -66,6 +67,7 @@ class Guard:
         self.mode = Mode(mode) if mode is not None else self.policy.mode
         self.store = store if isinstance(store, AuditStore) else AuditStore(store)
         self.approver = approver
+        self.behaviour = Behaviour(self.policy, self.store)  # sequence rules and baselines
         self._states: OrderedDict[str, SessionState] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -95,7 +97,7 @@ class Guard:
         with self._lock:
             state = self._states.get(session_id)
             if state is None:
-                state = SessionState(session_id, rate_window=self.policy.rate_window)
+                state = SessionState(session_id, rate_window=self.policy.rate_window, sequences=self.policy.sequences)
                 self._states[session_id] = state
                 if len(self._states) > _MAX_SESSIONS:
                     self._states.popitem(last=False)
@@ -172,11 +174,26 @@ class Session:
         key, classifier = self.guard.store.key, self.guard.policy.classifier
         shown = preview(plain, key, classifier)  # needs no session state: outside the lock
         findings: list[str] = []
+        extra: dict[str, Any] = {}
         with self._state.lock:
             self._load()
             if ruling is None:
-                ruling, findings = self._rule_on(call.tool, plain, now, shown.labels)
+                ruling, findings, extra = self._rule_on(call.tool, plain, now, shown.labels)
             decision = self._decision(call, ruling)
+            details = {
+                "call_id": call.call_id,
+                "args": shown.value,
+                "args_fp": shown.fingerprint,
+                "labels": sorted(shown.labels),
+                "rule_ids": list(ruling.rule_ids),
+                "reason": ruling.reason,
+                "enforcement": decision.enforcement.value,
+                "allowed": decision.allowed,
+                "redacted": list(ruling.redact),
+                "error": ruling.error,
+                "findings": findings or None,
+                **extra,
+            }
             event = self._event(
                 Kind.TOOL_DECISION,
                 now,
@@ -184,24 +201,13 @@ class Session:
                 parent=call.caused_by,
                 verdict=ruling.verdict.value,
                 event_id=decision.event_id,
-                details={
-                    "call_id": call.call_id,
-                    "args": shown.value,
-                    "args_fp": shown.fingerprint,
-                    "labels": sorted(shown.labels),
-                    "rule_ids": list(ruling.rule_ids),
-                    "reason": ruling.reason,
-                    "enforcement": decision.enforcement.value,
-                    "allowed": decision.allowed,
-                    "redacted": list(ruling.redact),
-                    "error": ruling.error,
-                    "findings": findings or None,
-                },
+                details=details,
             )
             try:
                 self._write(event)
             except StoreError as exc:
                 return self._unaudited(decision, exc)
+            self._state.observe(event, details)
             if decision.allowed:
                 self._state.record_call(self.agent, call.tool, now)
         if ruling.error:
@@ -210,15 +216,26 @@ class Session:
 
     def _rule_on(
         self, tool: str, plain: dict[str, Plain], now: float, labels: frozenset[str]
-    ) -> tuple[Ruling, list[str]]:
-        """The policy's ruling on a call, made stricter by any built-in protection that fires,
-        and the protections' findings."""
+    ) -> tuple[Ruling, list[str], dict[str, Any]]:
+        """The policy's ruling on a call, made stricter by any built-in protection, sequence
+        rule or anomaly that fires; the findings; and details for the decision's event."""
         policy = self.guard.policy
         ruling = decide(policy, self._state, self.agent, tool, plain, user=self.user, tenant=self.tenant, now=now)
         if ruling.verdict is Verdict.DENY:
-            return ruling, []
+            return ruling, [], {}
         protection, findings = check_call(policy, self._state, tool, plain, labels, self.guard.store.key)
-        return stricter(ruling, protection), findings
+        ruling, more, details = self.guard.behaviour.rule_on(
+            stricter(ruling, protection),
+            self._state,
+            self.agent,
+            tool,
+            plain,
+            labels,
+            now,
+            user=self.user,
+            tenant=self.tenant,
+        )
+        return ruling, findings + more, details
 
     def _readable(self, args: Mapping[str, Any]) -> tuple[dict[str, Plain], Ruling | None]:
         """Arguments as plain data, or a denial saying why Tether cannot read them."""
@@ -268,23 +285,23 @@ class Session:
         try:
             with self._state.lock:
                 self._load()
-                self._write(
-                    self._event(
-                        Kind.TOOL_DECISION,
-                        time.time(),
-                        tool=call.tool,
-                        parent=call.caused_by,
-                        verdict=Verdict.DENY.value,
-                        details={
-                            "call_id": call.call_id,
-                            "reason": decision.reason,
-                            "rule_ids": [ERROR_RULE],
-                            "allowed": decision.allowed,
-                            "enforcement": decision.enforcement.value,
-                            "error": message,
-                        },
-                    )
+                event = self._event(
+                    Kind.TOOL_DECISION,
+                    time.time(),
+                    tool=call.tool,
+                    parent=call.caused_by,
+                    verdict=Verdict.DENY.value,
+                    details={
+                        "call_id": call.call_id,
+                        "reason": decision.reason,
+                        "rule_ids": [ERROR_RULE],
+                        "allowed": decision.allowed,
+                        "enforcement": decision.enforcement.value,
+                        "error": message,
+                    },
                 )
+                self._write(event)
+                self._state.observe(event)
         except Exception:
             log.exception("Tether could not audit its own failure")
         return decision
@@ -402,6 +419,7 @@ class Session:
                 self._write(event)
             except StoreError as exc:
                 return self._unaudited(final, exc)
+            self._state.observe(event, details)
             if final.allowed:
                 self._state.record_call(self.agent, call.tool, now)
         return final
@@ -438,6 +456,7 @@ class Session:
                 Kind.TOOL_RESULT, now, tool=decision.call.tool, parent=decision.event_id, details=details
             )
             self._write(event)
+            self._state.observe(event, details)
             source = (decision.call.tool, event.event_id)
             if untrusted:
                 self._state.record_untrusted(*source)

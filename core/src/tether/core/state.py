@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .sequences import History, SequenceProgram
+
 
 @dataclass
 class _Calls:
@@ -23,7 +25,7 @@ class _Calls:
 class SessionState:
     """One session's counters, shared by every agent acting in it. Guard it with ``lock``."""
 
-    def __init__(self, session_id: str, *, rate_window: int = 0) -> None:
+    def __init__(self, session_id: str, *, rate_window: int = 0, sequences: SequenceProgram | None = None) -> None:
         self.id = session_id
         self.lock = threading.RLock()
         self.events = 0  # events written so far (0: the session is new)
@@ -36,6 +38,7 @@ class SessionState:
         self.instructions: list[tuple[str, str]] = []  # untrusted outputs that address the agent
         self._rate_window = rate_window
         self._calls: dict[tuple[str, str | None], _Calls] = {}
+        self.history = History(sequences) if sequences is not None else None  # for sequence rules and anomalies
 
     def _entry(self, agent: str, tool: str | None) -> _Calls:
         entry = self._calls.get((agent, tool))
@@ -87,6 +90,11 @@ class SessionState:
         names = _SESSION_FIELDS if fields is None else fields
         return {name: _SESSION_FIELDS[name](self, agent, user, tenant) for name in names}
 
+    def observe(self, event: Any, details: Any = None) -> None:
+        """Take in an event just written (``details``: its details, to save parsing them again)."""
+        if self.history is not None:
+            self.history.observe(event, details)
+
     def replay(self, events: Iterable[Any]) -> None:
         """Rebuild from this session's audit events, oldest first."""
         from .audit.events import counted_call, read_values, untrusted_output
@@ -104,6 +112,7 @@ class SessionState:
                 self.record_values(values, (tool, event.event_id) if tool is not None else None)
             if instructions and tool is not None:
                 self.instructions.append((tool, event.event_id))
+            self.observe(event)
 
 
 _SESSION_FIELDS: dict[str, Callable[[SessionState, str, str | None, str | None], Any]] = {

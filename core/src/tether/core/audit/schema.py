@@ -90,3 +90,13 @@ credentials = Table(
     Column("revoked_us", BigInteger),
     Index("ix_tether_credentials_agent", "agent"),
 )
+
+baselines = Table(
+    "tether_baselines",
+    metadata,
+    Column("agent", String(255), primary_key=True),
+    Column("tenant", String(255), primary_key=True),  # "" for all of the agent's sessions
+    Column("learned_us", BigInteger, nullable=False),
+    Column("sessions", Integer, nullable=False),
+    Column("data", Text, nullable=False),  # JSON: counts, tools, fingerprints of destinations
+)

@@ -13,7 +13,7 @@ import hashlib
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..classify import DEFAULT, DETECTORS, Classifier, Detector
 from ..errors import PolicyError, PolicyIssue, TetherError
@@ -21,6 +21,9 @@ from ..expr import Condition, ConditionError, compile_condition, merge_fields, s
 from ..values import canonical_json
 from .loader import KeyPath, Source, format_path
 from .schema import AgentSpec, Grant, Policy, Rate, Rule, ToolSpec, Verdict
+
+if TYPE_CHECKING:
+    from ..sequences import SequenceProgram
 
 DEFAULT_RULE = "default"
 _PLAN_CACHE_SIZE = 4096
@@ -71,9 +74,14 @@ class CompiledPolicy:
     """A policy ready to decide on. Build with :func:`compile_policy`."""
 
     def __init__(
-        self, policy: Policy, conditions: dict[str, Condition | None], classifier: Classifier = DEFAULT
+        self,
+        policy: Policy,
+        conditions: dict[str, Condition | None],
+        classifier: Classifier = DEFAULT,
+        sequences: SequenceProgram | None = None,
     ) -> None:
         self.policy = policy
+        self.sequences = sequences  # sequence rules and what anomaly checks track (None: nothing)
         self.classifier = classifier
         self.risky = frozenset(policy.protections.risky_effects)
         self.mode = policy.mode
@@ -277,10 +285,13 @@ def compile_policy(policy: Policy, source: Source | None = None) -> CompiledPoli
         _check_selectors(where, path + ("approvers",), rule.approvers, groups, "approver group", issues)
         condition(path + ("when",), rule.when)
     classifier = _classifier(policy, where, issues)
+    from ..sequences import compile_sequences  # it reads the policy's schema: imported once that is loaded
+
+    sequences = compile_sequences(policy, where, issues)
     if issues:
         issues.sort(key=lambda i: (i.line or 0, i.column or 0))
         raise PolicyError(issues)
-    return CompiledPolicy(policy, conditions, classifier)
+    return CompiledPolicy(policy, conditions, classifier, sequences)
 
 
 def _classifier(policy: Policy, where: Source, issues: list[PolicyIssue]) -> Classifier:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, model_validator
 
@@ -213,6 +213,135 @@ class Protections(_Strict):
     isolation: Literal["tenant", "session"] = "tenant"
 
 
+# -- behaviour over time: sequence rules and anomalies (compiled in sequences.py) ------------
+
+
+def _one_or_more(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+T = TypeVar("T")
+OneOrMore = Annotated[list[T], BeforeValidator(_one_or_more)]  # `x` or `[x, y]`
+
+MAX_WINDOW_CALLS = 100_000
+MAX_WINDOW_SECONDS = 366 * 86400.0
+_CALLS = re.compile(r"^\s*(\d+)\s*calls?\s*$")
+
+
+class Window(BaseModel):
+    """How far back a sequence looks: ``10 calls``, a duration (``30m``), or ``session``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    calls: int | None = None  # the pattern began at most this many calls before the attempted one
+    seconds: float | None = None  # ... at most this long before it
+    # neither: anywhere in the session
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                raise ValueError(f"say '{value} calls' or a duration such as '{value}m' (or 'session')")
+            return value
+        if value.strip() == "session":
+            return {}
+        match = _CALLS.match(value)
+        if match:
+            return {"calls": int(match.group(1))}
+        if not _DURATION.match(value):
+            raise ValueError(f"expected '10 calls', a duration such as '30m', or 'session', got {value!r}")
+        return {"seconds": parse_duration(value)}  # says so if it is zero
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Window:
+        if self.calls is not None and not 1 <= self.calls <= MAX_WINDOW_CALLS:
+            raise ValueError(f"a window spans 1 to {MAX_WINDOW_CALLS} calls; use 'session' for the whole session")
+        if self.seconds is not None and not 0 < self.seconds <= MAX_WINDOW_SECONDS:
+            raise ValueError("a window lasts more than 0 seconds and at most a year; use 'session'")
+        if self.calls is not None and self.seconds is not None:
+            raise ValueError("a window counts calls or time, not both")
+        return self
+
+    def __str__(self) -> str:
+        if self.calls is not None:
+            return f"{self.calls} calls"
+        return f"{self.seconds:g}s" if self.seconds is not None else "session"
+
+
+class SequenceStep(_Strict):
+    """Something that happened earlier in the session: a tool call that ran, or a tool's output.
+
+    Every key given must hold. ``findings`` match calls only (findings are on decisions);
+    ``output: untrusted`` matches outputs only; ``data`` matches classes in either.
+    """
+
+    tools: OneOrMore[str] | None = None  # names or glob patterns
+    effects: OneOrMore[Effect] | None = None  # the tool has any of these
+    output: Literal["untrusted"] | None = None  # an untrusted tool's output
+    data: OneOrMore[DataClass] | None = None  # any of these classes, in the output or the arguments
+    findings: OneOrMore[str] | None = None  # the call's decision carried any of these findings
+
+    @model_validator(mode="after")
+    def _says_something(self) -> SequenceStep:
+        if not any(v is not None for v in (self.tools, self.effects, self.output, self.data, self.findings)):
+            raise ValueError("a step must say what happened: tools, effects, output, data or findings")
+        if self.findings is not None and self.output is not None:
+            raise ValueError("can never match: findings are on calls, 'output: untrusted' on outputs")
+        return self
+
+
+class SequenceCall(_Strict):
+    """The call being attempted; keys left out match any call."""
+
+    agents: OneOrMore[str] | None = None  # names or glob patterns
+    tools: OneOrMore[str] | None = None
+    effects: OneOrMore[Effect] | None = None
+    data: OneOrMore[DataClass] | None = None  # any of these classes in its arguments
+    when: Cel | None = None  # CEL over args, session and now
+    #: an argument carries a value from the output the last step of the pattern matched
+    #: (true: any argument; or the arguments to look in)
+    carries: bool | list[ArgPath] = False
+
+
+class SequenceRule(_Strict):
+    """An ordered pattern over a session's history and the call it makes suspect.
+
+    ``after``: the steps happened, in this order, within the window; ``without``: they did not.
+    """
+
+    id: RuleId
+    reason: str = Field(min_length=1)
+    action: Literal["ask", "deny", "redact"]
+    after: list[SequenceStep] = Field(default=[], max_length=16)
+    without: list[SequenceStep] = Field(default=[], max_length=16)
+    then: SequenceCall = SequenceCall()
+    within: Window = Window()
+    redact: list[ArgPath] = []
+
+    @model_validator(mode="after")
+    def _one_pattern(self) -> SequenceRule:
+        if bool(self.after) == bool(self.without):
+            raise ValueError("a sequence needs exactly one of 'after' (what happened) or 'without' (what did not)")
+        if self.action == "redact" and not self.redact:
+            raise ValueError("a sequence with action 'redact' must list the arguments to redact")
+        if self.redact and self.action != "redact":
+            raise ValueError("'redact' is only meaningful with action 'redact'")
+        return self
+
+
+class Anomalies(_Strict):
+    """What a departure from an agent's learned baseline concludes (``allow``: record only)."""
+
+    new_tool: Outcome = "allow"  # a tool this agent never used
+    new_destination: Outcome = "allow"  # an external destination never seen for this agent
+    volume: Outcome = "allow"  # more calls in a session than any learned session made
+    burst: Outcome = "allow"  # more calls within a minute than any learned session made
+    destinations: Literal["address", "domain"] = "address"  # what counts as the same destination
+    max_age: Duration = 30 * 86400.0  # an older baseline is stale: checks are skipped
+    min_sessions: PositiveInt = 20  # a baseline learned from fewer sessions is not used
+    refresh: Duration = 60.0  # how often a process re-reads baselines from the store
+
+
 class DataClassSpec(_Strict):
     """A data class of the organisation's own: what its values look like (RE2 patterns)."""
 
@@ -237,6 +366,8 @@ class Policy(_Strict):
     rules: list[Rule] = []
     protections: Protections = Protections()
     classes: dict[DataClass, DataClassSpec] = {}  # custom data classes, detected like the built-in ones
+    sequences: list[SequenceRule] = []  # patterns over a session's history
+    anomalies: Anomalies | None = None  # departures from learned baselines (None: not checked)
 
     @model_validator(mode="before")
     @classmethod
