@@ -15,7 +15,7 @@ from ag2.middleware.builtin.tools.approval import approval_required
 from ag2.testing import TestConfig
 from ag2.tools.dynamic import dynamic_agent
 
-from tether.ag2 import TetherMiddleware
+from tether.ag2 import TetherMiddleware, UngovernedToolError
 from tether.core import AuditStore, Guard, QueueApprover
 
 from .conftest import Tools, call, chain_ok, events, model_saw, scripted
@@ -284,3 +284,34 @@ def test_the_audit_names_the_sub_agents_call_in_the_shared_session(store: AuditS
         ("coordinator", "tool.result", "task_researcher"),
     ]
     assert json.dumps(events(guard, "tool.result")[0].details["output"]).count("order A1") == 1
+
+
+# -- tools the model provider runs itself -----------------------------------------------------
+
+
+def test_a_tool_the_provider_runs_is_refused_before_the_model_is_called(store: AuditStore, tools: Tools) -> None:
+    from ag2.tools import WebSearchTool
+
+    guard = make_guard(store, policy({"lookup_order": "allow"}))
+    config = scripted("done")
+    agent = coordinator([WebSearchTool(), *tools.all()], config, guard)
+
+    with pytest.raises(UngovernedToolError, match=r"\('web_search'\), which the model provider runs itself"):
+        ask(agent)
+
+    assert config.mock.call_count == 0
+
+
+def test_a_provider_tool_the_policy_says_needs_nothing_is_offered(store: AuditStore, tools: Tools) -> None:
+    from ag2.tools import WebSearchTool
+
+    spec = policy({"web_search": "allow"})
+    spec["tools"]["web_search"] = {"effects": ["read"], "output": "trusted"}
+    guard = make_guard(store, spec)
+
+    reply = ask(coordinator([WebSearchTool()], scripted("done"), guard))
+
+    assert reply.body == "done"
+    spec["tools"]["web_search"] = {"effects": ["read"], "output": "untrusted"}  # its results would taint
+    with pytest.raises(UngovernedToolError):
+        ask(coordinator([WebSearchTool()], scripted("done"), make_guard(store, spec)))
