@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import ag2
@@ -197,8 +196,7 @@ def test_every_public_entry_point_and_construct_is_classified() -> None:
 
 
 @pytest.mark.parametrize("entry", sorted(RUNS))
-def test_each_run_entry_point_is_governed(entry: str, tmp_path: Path) -> None:
-    store = AuditStore(f"sqlite:///{tmp_path / 'audit.db'}", key=b"k" * 32)
+def test_each_run_entry_point_is_governed(entry: str, store: AuditStore) -> None:
     guard = Guard(POLICY, store=store)
     tools = Tools()
 
@@ -207,7 +205,6 @@ def test_each_run_entry_point_is_governed(entry: str, tmp_path: Path) -> None:
     assert tools.runs["send_email"] == 0
     denied = [e for e in events(guard, "tool.decision") if e.tool == "send_email"]
     assert [e.verdict for e in denied] == ["deny"], entry
-    store.close()
 
 
 # -- tool classes ----------------------------------------------------------------------------
@@ -256,12 +253,11 @@ def test_every_public_tool_class_is_classified() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(PROVIDER_RUN))
-def test_a_guarded_agent_offering_a_provider_run_tool_is_refused(name: str, tmp_path: Path) -> None:
+def test_a_guarded_agent_offering_a_provider_run_tool_is_refused(name: str, store: AuditStore) -> None:
     if name not in tool_classes():
         pytest.skip(f"AG2 {ag2.__version__} has no {name}")
     cls = getattr(ag2.tools, name)
     built = BUILD.get(name, cls)()
-    store = AuditStore(f"sqlite:///{tmp_path / 'audit.db'}", key=b"k" * 32)
     config = scripted("done")
     agent = Agent("boss", config=config, tools=[built], middleware=[TetherMiddleware(Guard(POLICY, store=store))])
 
@@ -269,14 +265,12 @@ def test_a_guarded_agent_offering_a_provider_run_tool_is_refused(name: str, tmp_
         asyncio.run(agent.ask("go"))
 
     assert config.mock.call_count == 0
-    store.close()
 
 
 @pytest.mark.parametrize("name", sorted(LOCAL - {"MCPToolkit", "SandboxCodeTool"}))
-def test_a_guarded_agent_may_offer_a_tool_that_runs_its_calls_through_middleware(name: str, tmp_path: Path) -> None:
+def test_a_guarded_agent_may_offer_a_tool_that_runs_its_calls_through_middleware(name: str, store: AuditStore) -> None:
     if name not in tool_classes():
         pytest.skip(f"AG2 {ag2.__version__} has no {name}")
-    store = AuditStore(f"sqlite:///{tmp_path / 'audit.db'}", key=b"k" * 32)
     agent = Agent(
         "boss",
         config=scripted("done"),
@@ -285,4 +279,3 @@ def test_a_guarded_agent_may_offer_a_tool_that_runs_its_calls_through_middleware
     )
 
     assert asyncio.run(agent.ask("go")).body == "done"
-    store.close()
