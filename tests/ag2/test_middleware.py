@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from ag2 import Agent
 
 from tether.ag2 import TetherMiddleware, guard_agent
 from tether.core import AuditStore, Guard, QueueApprover, StoreError
@@ -351,3 +352,30 @@ def test_a_value_the_user_gave_is_trusted_even_if_untrusted_content_repeats_it(s
     decision = events(guard2, "tool.decision")[-1]
     assert decision.verdict == "ask"
     assert decision.details["rule_ids"] == ["tether.injected-argument"]  # only the ticket had it
+
+
+def test_user_and_tenant_are_given_or_taken_from_the_ag2_context(guard: Guard, tools: Tools) -> None:
+    fixed = TetherMiddleware(guard, user="alice", tenant="acme")
+    ask(make_agent(tools, scripted(call("lookup_order", order_id="A1"), "done"), [fixed]))
+    from_context = TetherMiddleware(guard, user=lambda ctx: ctx.variables["user"], tenant=lambda ctx: "globex")
+    ask(make_agent(tools, scripted("done"), [from_context]), variables={"user": "bob"})
+
+    who = {(e.user_id, e.tenant) for e in events(guard)}
+    assert who == {("alice", "acme"), ("bob", "globex")}
+
+
+def test_a_sub_agent_acts_for_the_same_user_and_tenant(guard: Guard, tools: Tools) -> None:
+    child = Agent("support-bot", config=scripted(call("lookup_order", order_id="A1"), "done"), tools=tools.all())
+    delegate = child.as_tool(description="Look it up.", name="lookup_order")  # a name support-bot is granted
+    parent = Agent(
+        "support-bot",
+        config=scripted(call("lookup_order", objective="A1"), "done"),
+        tools=[delegate],
+        middleware=[TetherMiddleware(guard, user="alice", tenant="acme")],
+    )
+
+    ask(parent)
+
+    decided = events(guard, "tool.decision")
+    assert len(decided) == 2  # the delegation and the sub-agent's own lookup
+    assert {(e.user_id, e.tenant) for e in decided} == {("alice", "acme")}
