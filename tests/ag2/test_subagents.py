@@ -315,3 +315,15 @@ def test_a_provider_tool_the_policy_says_needs_nothing_is_offered(store: AuditSt
     spec["tools"]["web_search"] = {"effects": ["read"], "output": "untrusted"}  # its results would taint
     with pytest.raises(UngovernedToolError):
         ask(coordinator([WebSearchTool()], scripted("done"), make_guard(store, spec)))
+
+
+def test_monitor_mode_runs_a_configuration_it_would_refuse(store: AuditStore, caplog: pytest.LogCaptureFixture) -> None:
+    from ag2.tools import WebSearchTool
+
+    guard = Guard(policy({}), store=store, mode="monitor")
+
+    with caplog.at_level(logging.ERROR, logger="tether.ag2"):
+        reply = ask(coordinator([WebSearchTool()], scripted("done"), guard))
+
+    assert reply.body == "done"
+    assert any("web_search" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)

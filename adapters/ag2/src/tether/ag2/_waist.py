@@ -26,7 +26,7 @@ from typing import Any
 
 from ag2.tools import Toolkit
 from ag2.tools.executor import ToolExecutor
-from tether.core import TetherError, mcp_tool
+from tether.core import Mode, TetherError, mcp_tool
 from tether.core.policy import Trust
 
 from ._middleware import TetherTurn, running
@@ -59,11 +59,16 @@ def install() -> None:
             original(self, stack, context, tools=tools, known_tools=known_tools, middleware=chain)
             return
         tools = list(tools)
-        for decider in deciders:
-            decider.names = _policy_names(tools)
         watched = [_Watched(tool) for tool in tools]
         original(self, stack, context, tools=watched, known_tools=known_tools, middleware=chain)
-        _refuse_ungoverned(deciders, [w.tool for w in watched if not w.reads_middleware], context)
+        for decider in deciders:
+            try:
+                decider.names = _policy_names(tools)
+                _refuse_ungoverned(decider, [w.tool for w in watched if not w.reads_middleware], context)
+            except UngovernedToolError:
+                if decider.owner.guard.mode is not Mode.MONITOR:
+                    raise
+                log.exception("monitor mode: running a configuration Tether would refuse")
         _warn_undeclared(deciders, tools, context)
 
     register.__tether__ = True  # type: ignore[attr-defined]
@@ -149,22 +154,21 @@ def _policy_names(tools: Iterable[Any]) -> dict[str, str]:
     return names
 
 
-def _refuse_ungoverned(deciders: list[TetherTurn], tools: list[Any], context: Any) -> None:
+def _refuse_ungoverned(decider: TetherTurn, tools: list[Any], context: Any) -> None:
     """Refuse the turn if it offers a tool that runs without the middleware (the model provider
     runs it), unless the policy grants it with nothing to check, record or redact."""
-    for decider in deciders:
-        agent = decider.identity(context)
-        for tool in tools:
-            if isinstance(tool, Toolkit):  # one without members: it offers nothing
-                continue
-            name = getattr(tool, "name", type(tool).__name__)
-            if not _needs_nothing(decider, agent, name):
-                raise UngovernedToolError(
-                    f"agent {agent!r} offers its model {type(tool).__name__} ({name!r}), which the model "
-                    "provider runs itself: its calls never reach Tether, so it cannot decide or record them. "
-                    f"Remove the tool, or grant {name!r} to {agent!r} unconditionally in the policy with "
-                    "'output: trusted', no data classes or risky effects, and no rule, ask, redaction or limit"
-                )
+    agent = decider.identity(context)
+    for tool in tools:
+        if isinstance(tool, Toolkit):  # one without members: it offers nothing
+            continue
+        name = getattr(tool, "name", type(tool).__name__)
+        if not _needs_nothing(decider, agent, name):
+            raise UngovernedToolError(
+                f"agent {agent!r} offers its model {type(tool).__name__} ({name!r}), which the model "
+                "provider runs itself: its calls never reach Tether, so it cannot decide or record them. "
+                f"Remove the tool, or grant {name!r} to {agent!r} unconditionally in the policy with "
+                "'output: trusted', no data classes or risky effects, and no rule, ask, redaction or limit"
+            )
 
 
 def _needs_nothing(decider: TetherTurn, agent: str, tool: str) -> bool:
