@@ -121,7 +121,7 @@ def apply_redactions(
 
 
 def _rewrite(event: Any, entry: dict[str, Any]) -> None:
-    content = entry.get("content")
+    content: Any = entry.get("content")
     if isinstance(event, ToolResultEvent):
         event.result = ToolResult(content if isinstance(content, str) else json.dumps(content, default=str))
     elif getattr(event, "results", None) is not None:

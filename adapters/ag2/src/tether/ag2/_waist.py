@@ -60,7 +60,7 @@ def install() -> None:
             return
         tools = list(tools)
         watched = [_Watched(tool) for tool in tools]
-        original(self, stack, context, tools=watched, known_tools=known_tools, middleware=chain)
+        original(self, stack, context, tools=watched, known_tools=known_tools, middleware=chain)  # type: ignore[arg-type]
         for decider in deciders:
             try:
                 decider.names = _policy_names(tools)
@@ -128,7 +128,7 @@ class _Read(Sequence[Any]):
 
     def __reversed__(self) -> Iterator[Any]:
         self._watched.reads_middleware = True
-        return reversed(self._items)
+        return iter(self._items[::-1])
 
 
 def _leaves(tools: Iterable[Any]) -> Iterator[Any]:
