@@ -51,9 +51,9 @@ def noop(x: int) -> str:
     return "ok"
 
 
-def make_agent(middleware: list[Any]) -> Agent:
+def make_agent(middleware: list[Any], name: str = "bench") -> Agent:
     config = TestConfig(ToolCallEvent("noop", arguments='{"x": 1}'), "done")
-    return Agent("bench", config=config, tools=[noop], middleware=middleware)
+    return Agent(name, config=config, tools=[noop], middleware=middleware)
 
 
 async def one_round(agent: Agent, n: int) -> float:
@@ -74,7 +74,7 @@ async def one_round(agent: Agent, n: int) -> float:
 async def run(rounds: int, n: int, store_dir: str) -> dict[str, list[float]]:
     guard = Guard(POLICY, store=AuditStore(f"sqlite:///{store_dir}/bench.db", key=b"k" * 32))
     agents = {
-        "AG2 alone": make_agent([]),
+        "AG2 alone": make_agent([], name="unguarded"),  # a name no policy knows, so Tether leaves it alone
         "with Tether: tool calls": make_agent([TetherMiddleware(guard, session_id="a", record_model=False)]),
         "with Tether: tool + model calls": make_agent([TetherMiddleware(guard, session_id="b")]),
         "with Tether: tool + model calls, a new session per ask": make_agent([TetherMiddleware(guard)]),

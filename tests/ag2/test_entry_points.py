@@ -139,6 +139,13 @@ async def dynamic(guard: Guard, tools: Tools) -> Any:
     return await boss(guard, [factory], call("create_and_run_agent", "call_0", spec=spec, objective="email")).ask("go")
 
 
+async def spec_copy(guard: Guard, tools: Tools) -> Any:
+    copied = ag2.AgentSpec.from_agent(boss(guard, tools.all())).to_agent(
+        available_tools=tools.all(), config=scripted(BAD_EMAIL, "done")
+    )  # a copy of the guarded agent, without its middleware
+    return await copied.ask("go")
+
+
 RUNS: dict[str, Runner] = {
     "Agent.ask": agent_ask,
     "Agent.run": agent_run,
@@ -153,6 +160,7 @@ RUNS: dict[str, Runner] = {
     "TaskConfig": taskconfig_subtask,
     "TaskConfig.run_subtasks": taskconfig_subtasks,
     "dynamic.dynamic_agent": dynamic,
+    "AgentSpec.to_agent": spec_copy,
 }
 
 #: public callables that configure an agent or a run rather than run one
@@ -190,7 +198,7 @@ def test_every_public_entry_point_and_construct_is_classified() -> None:
     found = public(Agent) | public(AgentReply) | public(AgentRun)
     found |= {f"subagents.{name}" for name in ag2.tools.subagents.__all__}
     found |= {f"dynamic.{name}" for name in ag2.tools.dynamic.__all__}
-    found |= {"TaskConfig"}
+    found |= {"TaskConfig", "AgentSpec.to_agent"}
     unclassified = found - set(RUNS) - set(NOT_RUNS)
     assert not unclassified, f"classify these AG2 {ag2.__version__} entry points: {sorted(unclassified)}"
 

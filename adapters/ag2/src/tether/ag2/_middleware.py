@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from copy import copy
@@ -113,6 +115,7 @@ class TetherMiddleware:
         self.approver = approver
         self.hitl_approver = hitl_approver
         self.record_model = record_model
+        _remember(guard)
 
     def __call__(self, event: BaseEvent, context: Any) -> BaseMiddleware:
         return TetherTurn(event, context, owner=self)
@@ -124,7 +127,7 @@ class TetherMiddleware:
             raise ValueError("cannot tell which agent is acting: no AG2 agent in the context and no agent= given")
         return str(agent)
 
-    def session(self, context: Any, parent: Frame | None = None) -> Session:
+    def session(self, context: Any, parent: Frame | None = None, *, fallback: bool = False) -> Session:
         """The Tether session of an AG2 context: who acts, in which run.
 
         A guarded agent running inside another guarded agent's tool call (an ``as_tool``
@@ -138,6 +141,8 @@ class TetherMiddleware:
             found["task"] = task_id
         if parent is not None:
             found.update(parent_agent=parent.session.agent, parent_call=str(parent.decision.event_id))
+        if fallback:
+            found["fallback"] = "the agent ran without Tether middleware"
         user = _chosen(self.user, context) or (parent.session.user if parent else None)
         tenant = _chosen(self.tenant, context) or (parent.session.tenant if parent else None)
         session_id = _chosen(self.session_id, context)
@@ -163,6 +168,24 @@ def guard_agent(agent: Any, guard: Guard, **options: Any) -> Any:
     return agent
 
 
+_guards: list[weakref.ref[Guard]] = []  # every guard given to a TetherMiddleware, newest last
+_guards_lock = threading.Lock()
+
+
+def _remember(guard: Guard) -> None:
+    with _guards_lock:
+        _guards[:] = [ref for ref in _guards if ref() not in (None, guard)]
+        _guards.append(weakref.ref(guard))
+
+
+def guard_knowing(agent: str) -> Guard | None:
+    """The newest live guard whose policy knows ``agent``, for an agent that runs without Tether
+    middleware although a policy in this process names it (a copy of a guarded agent)."""
+    with _guards_lock:
+        live = [guard for ref in _guards if (guard := ref()) is not None]
+    return next((guard for guard in reversed(live) if agent in guard.policy.policy.agents), None)
+
+
 def _chosen(option: FromContext, context: Any) -> str | None:
     value = option(context) if callable(option) else option
     return str(value) if value is not None else None
@@ -185,10 +208,19 @@ class TetherTurn(BaseMiddleware):
     policy names of tools whose AG2 names differ (MCP tools: ``server/tool``).
     """
 
-    def __init__(self, event: Any, context: Any, *, owner: TetherMiddleware, inherited: Frame | None = None) -> None:
+    def __init__(
+        self,
+        event: Any,
+        context: Any,
+        *,
+        owner: TetherMiddleware,
+        inherited: Frame | None = None,
+        fallback: bool = False,
+    ) -> None:
         super().__init__(event, context)
         self.owner = owner
         self.inherited = inherited
+        self.fallback = fallback
         self.parent = inherited or running.get()  # factories run inside the call that starts the turn
         self.passive = False
         self.names: dict[str, str] = {}
@@ -207,7 +239,7 @@ class TetherTurn(BaseMiddleware):
     def _open(self, context: Any) -> Session:
         parent = self.inherited
         if parent is None:
-            return self.owner.session(context, self.parent)
+            return self.owner.session(context, self.parent, fallback=self.fallback)
         acting = getattr(context.dependencies.get(AGENT_CONTEXT_DEPENDENCY_KEY), "name", None)
         found = {
             "framework": "ag2",

@@ -14,8 +14,10 @@ every turn that a guard governs:
   tool the model provider runs itself), unless the policy says it needs nothing from Tether;
 - name MCP tools ``server/tool`` after their server's ``server_label``.
 
-A turn is governed when its agent carries Tether middleware or runs inside a guarded tool call;
-other agents are left alone.
+A turn is governed when its agent carries Tether middleware, runs inside a guarded tool call,
+or bears the name of an agent a live guard's policy knows (a copy of a guarded agent that lost
+its middleware, e.g. through ``AgentSpec``): that one is decided under the guard in a fallback
+session of its own. Other agents are left alone.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from typing import Any
 
 from ag2.tools import Toolkit
 from ag2.tools.executor import ToolExecutor
+from ag2.utils import AGENT_CONTEXT_DEPENDENCY_KEY
 from tether.core import Mode, TetherError, mcp_tool
 from tether.core.policy import Trust
 
-from ._middleware import TetherTurn, running
+from ._middleware import TetherMiddleware, TetherTurn, guard_knowing, running
 
 log = logging.getLogger("tether.ag2")
 
@@ -88,11 +91,22 @@ def _deciders(chain: list[Any], context: Any) -> list[TetherTurn]:
     if deciding:
         return list(deciding.values())
     frame = running.get()
-    if frame is None:
-        return []
-    inherited = TetherTurn(None, context, owner=frame.owner, inherited=frame)
-    chain.append(inherited)
-    return [inherited]
+    if frame is not None:
+        added = TetherTurn(None, context, owner=frame.owner, inherited=frame)
+    else:
+        name = getattr(context.dependencies.get(AGENT_CONTEXT_DEPENDENCY_KEY), "name", None)
+        guard = guard_knowing(str(name)) if name else None
+        if guard is None:
+            return []
+        _warn_once(
+            ("fallback", str(name)),
+            "agent %r runs without Tether middleware, but a policy in this process names it: its tool "
+            "calls are decided under that guard, in a session of their own (guard it to choose how)",
+            name,
+        )
+        added = TetherTurn(None, context, owner=TetherMiddleware(guard), fallback=True)
+    chain.append(added)
+    return [added]
 
 
 class _Watched:
@@ -187,7 +201,13 @@ def _needs_nothing(decider: TetherTurn, agent: str, tool: str) -> bool:
     )
 
 
-_warned: set[tuple[int, str, str]] = set()
+_warned: set[tuple[Any, ...]] = set()
+
+
+def _warn_once(key: tuple[Any, ...], message: str, *args: Any) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message, *args)
 
 
 def _warn_undeclared(deciders: list[TetherTurn], tools: Iterable[Any], context: Any) -> None:
@@ -199,10 +219,10 @@ def _warn_undeclared(deciders: list[TetherTurn], tools: Iterable[Any], context: 
         agent = decider.identity(context)
         for name in offered:
             tool = decider.names.get(name, name) if name else None
-            if tool is None or tool in policy.policy.tools or (id(policy), agent, tool) in _warned:
+            if tool is None or tool in policy.policy.tools:
                 continue
-            _warned.add((id(policy), agent, tool))
-            log.warning(
+            _warn_once(
+                (id(policy), agent, tool),
                 "agent %r offers the tool %r, which the policy does not declare: Tether denies its calls. "
                 "Declare it under 'tools:' and grant it to the agent to let it run",
                 agent,
