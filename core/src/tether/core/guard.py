@@ -424,6 +424,33 @@ class Session:
                 self._state.record_call(self.agent, call.tool, now)
         return final
 
+    def record_answer(self, decision: Decision, answer: ApprovalAnswer, *, asked_by: str) -> str:
+        """Record a person's answer to a question a framework put to them about a call Tether had
+        allowed (the framework's own approval step, ``asked_by``), under that call's decision, so
+        the audit says who let it run or stopped it. Returns the event id."""
+        key = self.guard.store.key
+        details = {
+            "call_id": decision.call.call_id,
+            "approval_id": None,
+            "approved": answer.approved,
+            "approver": answer.approver,
+            "comment": mask(clean_str(answer.comment), key) if answer.comment else None,
+            "asked_by": asked_by,
+        }
+        verdict = Verdict.ALLOW if answer.approved else Verdict.DENY
+        with self._state.lock:
+            self._load()
+            event = self._event(
+                Kind.APPROVAL_ANSWER,
+                time.time(),
+                tool=decision.call.tool,
+                parent=decision.event_id,
+                verdict=verdict.value,
+                details=details,
+            )
+            self._write(event)
+        return event.event_id
+
     def after_tool(self, decision: Decision, output: Any = None, *, error: BaseException | str | None = None) -> Any:
         """Record what a tool returned (or the error it raised) and return what the agent may see:
         the output itself, or a copy with data it may not receive redacted, or a notice that the
@@ -560,6 +587,9 @@ class Session:
         self, decision: Decision, answer: ApprovalAnswer | None, *, unanswered: str = "no answer"
     ) -> Decision:
         return await asyncio.to_thread(self.settle, decision, answer, unanswered=unanswered)
+
+    async def arecord_answer(self, decision: Decision, answer: ApprovalAnswer, *, asked_by: str) -> str:
+        return await asyncio.to_thread(self.record_answer, decision, answer, asked_by=asked_by)
 
     async def aafter_tool(
         self, decision: Decision, output: Any = None, *, error: BaseException | str | None = None

@@ -40,7 +40,8 @@ def summary(event: AuditEvent) -> str:
         verb = "approved" if event.verdict == "allow" else "denied"
         scope = " for the rest of the session" if d.get("scope") == "session" else ""
         comment = f": {d['comment']}" if d.get("comment") else ""
-        return f"{d.get('approver')} {verb} request {d.get('approval_id')} ({event.tool}){scope}{comment}"
+        asked = f"request {d.get('approval_id')}" if d.get("approval_id") else f"{d.get('asked_by')}'s question"
+        return f"{d.get('approver')} {verb} {asked} ({event.tool}){scope}{comment}"
     if event.kind == Kind.TOOL_RESULT:
         status = f"error: {_compact(d['error'])}" if d.get("error") else _compact(d.get("output"))
         trust = " (untrusted)" if d.get("untrusted") else ""
