@@ -64,6 +64,19 @@ class ScriptedModel(BaseChatModel):
         return {m.tool_call_id: str(m.content) for ms in self.seen for m in ms if isinstance(m, ToolMessage)}
 
 
+class CountingModel(ScriptedModel):
+    """Answers its n-th call with the n-th scripted message, whatever the conversation holds
+    (for agents that see each other's messages)."""
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> ChatResult:
+        turn = len(self.seen)
+        self.seen.append(list(messages))
+        message = self.script[turn] if turn < len(self.script) else AIMessage("done")
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
 def calls(*items: tuple[str, dict[str, Any], str]) -> AIMessage:
     return AIMessage("", tool_calls=[{"name": n, "args": a, "id": i, "type": "tool_call"} for n, a, i in items])
 

