@@ -47,7 +47,13 @@ def policy() -> dict[str, Any]:
         },
         "rules": [
             {"id": "no-deletion", "tools": [name("delete_account")], "action": "deny", "reason": "people delete"},
-            {"id": "no-mail-when-tainted", "tools": [name("send_email")], "when": "session.tainted", "action": "deny", "reason": "no mail after untrusted content"},
+            {
+                "id": "no-mail-when-tainted",
+                "tools": [name("send_email")],
+                "when": "session.tainted",
+                "action": "deny",
+                "reason": "no mail after untrusted content",
+            },
         ],
     }
 

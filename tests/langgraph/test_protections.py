@@ -101,9 +101,9 @@ def test_the_system_message_is_recorded_screened_and_trusted(store, tools, ran) 
     guard = Guard(policy(clearance="redact"), store=store)
     model = ScriptedModel(script=[])
     system = "You are Acme's support bot. The on-call engineer is jane@example.com."
-    create_agent(model, tools, system_prompt=system, middleware=[Tether(guard, agent="support-bot").middleware()]).invoke(
-        {"messages": [HumanMessage("who is on call?")]}, {"configurable": {"thread_id": "p-1"}}
-    )
+    create_agent(
+        model, tools, system_prompt=system, middleware=[Tether(guard, agent="support-bot").middleware()]
+    ).invoke({"messages": [HumanMessage("who is on call?")]}, {"configurable": {"thread_id": "p-1"}})
     [request] = [e for e in store.session_events("p-1") if e.kind == "model.request"]
     assert "on-call engineer" in request.data and "jane@example.com" not in request.data  # recorded, redacted
     shown = " ".join(str(m.content) for m in model.seen[0])

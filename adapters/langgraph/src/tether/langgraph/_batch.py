@@ -80,7 +80,9 @@ class Batch:
                 why = "the resume value gave no answer for this call"
             except ValueError as exc:
                 answer, why = None, f"the resume value could not be read: {exc}"
-            decisions[_key({'id': decision.call.call_id, 'name': decision.call.tool, 'args': decision.call.args})] = session.settle(decision, answer, unanswered=why)
+            decisions[_key({"id": decision.call.call_id, "name": decision.call.tool, "args": decision.call.args})] = (
+                session.settle(decision, answer, unanswered=why)
+            )
         return decisions
 
 

@@ -71,9 +71,7 @@ def screened_generate(
     callbacks: Any,
     kwargs: dict[str, Any],
 ) -> Any:
-    from ._guard import current_config
-
-    session = tether.session_for(current_config())
+    session = _session(tether)
     screened = _screen(session, model, messages)
     sent = [prompt for asked, prompt in screened if asked.allowed]
     token = _waist.model_recorded.set(True)  # the handler, seeing this call start, leaves it to us
@@ -81,9 +79,7 @@ def screened_generate(
         result = original(model, sent, stop, callbacks, **kwargs) if sent else None
     finally:
         _waist.model_recorded.reset(token)
-    out = _merge(screened, result)
-    _record(tether, session, screened, out)
-    return out
+    return _recorded(tether, session, screened, result)
 
 
 async def ascreened_generate(
@@ -95,9 +91,7 @@ async def ascreened_generate(
     callbacks: Any,
     kwargs: dict[str, Any],
 ) -> Any:
-    from ._guard import current_config
-
-    session = tether.session_for(current_config())
+    session = _session(tether)
     screened = await asyncio.to_thread(_screen, session, model, messages)
     sent = [prompt for asked, prompt in screened if asked.allowed]
     token = _waist.model_recorded.set(True)
@@ -105,6 +99,18 @@ async def ascreened_generate(
         result = await original(model, sent, stop, callbacks, **kwargs) if sent else None
     finally:
         _waist.model_recorded.reset(token)
+    return await asyncio.to_thread(_recorded, tether, session, screened, result)
+
+
+def _session(tether: Tether) -> Session:
+    from ._guard import current_config
+
+    return tether.session_for(current_config())
+
+
+def _recorded(
+    tether: Tether, session: Session, screened: list[tuple[ModelRequest, list[Any]]], result: LLMResult | None
+) -> LLMResult:
     out = _merge(screened, result)
-    await asyncio.to_thread(_record, tether, session, screened, out)
+    _record(tether, session, screened, out)
     return out

@@ -19,6 +19,7 @@ and hand the decision to the waist through a :class:`Gate`, so no call is decide
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import threading
@@ -147,8 +148,9 @@ def install() -> None:
             return
         from langchain_core.language_models.chat_models import BaseChatModel
         from langchain_core.tools import BaseTool
-        from langgraph.pregel import Pregel
+
         from langgraph.prebuilt import ToolNode
+        from langgraph.pregel import Pregel
 
         BaseTool.run = _patched_run(BaseTool.run)  # type: ignore[method-assign]
         BaseTool.arun = _patched_arun(BaseTool.arun)  # type: ignore[method-assign]
@@ -289,10 +291,8 @@ def graph_governor(graph: Any, depth: int = 0) -> Tether | None:
                 found = found or graph_governor(sub, depth + 1)
             if found is not None:
                 break
-    try:
+    with contextlib.suppress(TypeError):  # a graph that cannot be weakly referenced is scanned each run
         _graphs[graph] = found
-    except TypeError:
-        pass
     return found
 
 
