@@ -52,7 +52,7 @@ _gate: contextvars.ContextVar[Gate | None] = contextvars.ContextVar("tether_gate
 #: set while a hook (the middleware) records a model call, so the model waist does not record it again
 model_recorded: contextvars.ContextVar[bool] = contextvars.ContextVar("tether_model_recorded", default=False)
 
-_tethers: weakref.WeakValueDictionary[str, Tether] = weakref.WeakValueDictionary()
+_tethers: dict[str, Tether] = {}  # kept alive by their claims: a guarded tool outlives the code that guarded it
 _nodes: weakref.WeakKeyDictionary[Any, Tether] = weakref.WeakKeyDictionary()  # guarded ToolNodes
 _graphs: weakref.WeakKeyDictionary[Any, Tether | None] = weakref.WeakKeyDictionary()  # governed graphs
 _install_lock = threading.Lock()
@@ -80,10 +80,10 @@ def claimed_by(tool: Any) -> Tether | None:
     if key is None:
         return None
     tether = _tethers.get(key)
-    if tether is None:  # its Tether is gone: a governed tool must not start running unguarded
+    if tether is None:  # a claim from elsewhere (a tool unpickled in another process): never run it unguarded
         from tether.core import TetherError
 
-        raise TetherError(f"tool {getattr(tool, 'name', tool)!r} was guarded by a Tether that no longer exists")
+        raise TetherError(f"tool {getattr(tool, 'name', tool)!r} was guarded by a Tether this process does not have")
     return tether
 
 
