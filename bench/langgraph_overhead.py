@@ -39,13 +39,14 @@ POLICY = {
 REPS, CALLS = 7, 400
 
 
-@tool
-def noop(x: int) -> str:
-    """Do nothing."""
-    return "ok"
-
-
 def graph(tether: Tether | None) -> Any:
+    """The graph, with a tool of its own: a tool a guarded ToolNode holds is guarded wherever it runs."""
+
+    @tool
+    def noop(x: int) -> str:
+        """Do nothing."""
+        return "ok"
+
     wrap = {"wrap_tool_call": tether.wrap_tool_call} if tether else {}
     builder = StateGraph(MessagesState)
     builder.add_node("tools", ToolNode([noop], **wrap))

@@ -36,7 +36,8 @@ def _public(cls: type) -> set[str]:
     return {
         name
         for name in dir(cls)
-        if not name.startswith(("_", "model_")) and callable(getattr(cls, name, None))
+        if not name.startswith(("_", "model_"))
+        and callable(getattr(cls, name, None))
         and not isinstance(getattr(cls, name), type)
     }
 
