@@ -129,10 +129,13 @@ def test_a_guarded_tool_is_decided_however_it_is_called(guard: Guard, tools, ran
     send_email = Tether(guard, agent="support-bot", session="ep-1").guard_tool(tools[1])
     try:
         _drain(TOOL_RUNS[method](send_email))
-    except NotImplementedError as refused:  # LangChain itself refuses this way of running a tool
-        assert ran.calls == [], refused
-        return
+    except NotImplementedError:  # LangChain itself refuses this way of running a tool
+        refused = True
+    else:
+        refused = False
     assert ran.calls == []
+    if refused:
+        return
     decisions = [e for e in guard.store.session_events("ep-1") if e.kind == "tool.decision"]
     assert [(e.tool, e.verdict) for e in decisions] == [("send_email", "deny")]  # decided once
 
