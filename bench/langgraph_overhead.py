@@ -12,6 +12,7 @@ per repetition, the ratio of the two medians.
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import sys
 import tempfile
@@ -36,7 +37,7 @@ POLICY = {
     "tools": {"noop": {"effects": ["read"]}},
     "agents": {"bench": {"purpose": "bench", "owner": "bench@acme.example", "tools": {"noop": "allow"}}},
 }
-REPS, CALLS = 7, 400
+REPS, CALLS = int(os.environ.get("BENCH_REPS", 7)), 400
 
 
 def graph(tether: Tether | None) -> Any:

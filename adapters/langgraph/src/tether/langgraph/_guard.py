@@ -134,8 +134,10 @@ class Tether:
 
     def claim(self, tool: Any) -> Any:
         """Govern ``tool`` wherever it runs (and learn the name the policy knows it by)."""
-        _waist.claim(self, tool)
-        self._names[tool.name] = policy_name(tool)
+        metadata = tool.metadata
+        if metadata is None or metadata.get(_waist.CLAIM) != self.key or tool.name not in self._names:
+            _waist.claim(self, tool)
+            self._names[tool.name] = policy_name(tool)
         return tool
 
     def name_of(self, tool_name: str) -> str:

@@ -28,14 +28,16 @@ class TetherCallbackHandler(BaseCallbackHandler):
 
     LangChain hands a run's callbacks to every tool and model call inside it, so with this
     handler in a run, Tether decides every tool call of the run and screens every model call
-    (tool calls and ``invoke``d model calls at LangChain's own primitives). Graphs holding a
-    guarded ``ToolNode`` carry it by themselves. The handler itself records the model calls made
-    with ``stream``/``astream``, which bypass those primitives: such a call cannot be rewritten,
-    so one Tether would withhold stops the run with :class:`~tether.core.TetherError`.
+    (tool calls and ``invoke``d model calls at LangChain's own primitives; graphs holding a
+    guarded ``ToolNode`` are governed so without it). The handler itself records the model calls
+    made with ``stream``/``astream``, which bypass those primitives: such a call cannot be
+    rewritten, so one Tether would withhold stops the run with :class:`~tether.core.TetherError`.
     """
 
     raise_error = True  # LangChain swallows handler errors otherwise: a withheld request must stop
     run_inline = False  # async runs call it in a worker thread: audit writes stay off the event loop
+    # it needs model events only: LangChain dispatches no other event to it (chains, tools, retrievers)
+    ignore_chain = ignore_agent = ignore_retriever = ignore_retry = ignore_custom_event = True
 
     def __init__(self, tether: Tether) -> None:
         self.tether = tether

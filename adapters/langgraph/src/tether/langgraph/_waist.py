@@ -10,9 +10,11 @@ release's, passes a decision.
 
 Who governs a call: the Tether that claimed the tool (a tool handed to a guarded ``ToolNode``,
 ``guard_tool``, or seen by the middleware; the claim travels with copies of the tool in its
-metadata), else the Tether whose callback handler is in the run's callbacks (added to every run
-of a graph that holds a guarded ``ToolNode``). A tool nobody claimed, run where no Tether
-governs, runs as LangChain runs it. The entry-point hooks (the ``ToolNode`` wrapper, the
+metadata), else the Tether governing the run: the one whose callback handler is in the run's
+callbacks, or the one whose mark a graph holding a guarded ``ToolNode`` puts in its runs'
+``configurable`` (LangGraph hands it to every node, subgraph and tool of the run; a mark is
+cheaper than a handler, which makes LangChain dispatch every event of the run). A tool nobody
+claimed, run where no Tether governs, runs as LangChain runs it. The entry-point hooks (the ``ToolNode`` wrapper, the
 middleware) decide with everything they know (the AI message's batch of calls, breakpoints)
 and hand the decision to the waist through a :class:`Gate`, so no call is decided twice.
 """
@@ -35,6 +37,9 @@ if TYPE_CHECKING:
 
 #: the key, in a claimed tool's metadata, naming the Tether that governs it
 CLAIM = "tether_guard"
+#: the key, in a governed run's ``configurable``, naming its Tether (a "__" key: LangGraph keeps it
+#: out of checkpoint metadata, and hands it to every node, subgraph and tool of the run)
+RUN_MARK = "__tether_guard"
 
 
 @dataclass
@@ -87,9 +92,22 @@ def claimed_by(tool: Any) -> Tether | None:
     return tether
 
 
-def governor(tool: Any, callbacks: Any) -> Tether | None:
-    """The Tether that governs a run of ``tool``: its claim, else a Tether handler in the run."""
-    return claimed_by(tool) or tether_in(callbacks) or tether_in(getattr(tool, "callbacks", None))
+def governor(tool: Any, callbacks: Any, config: Any) -> Tether | None:
+    """The Tether that governs a run of ``tool``: its claim, else the run's."""
+    return claimed_by(tool) or run_governor(callbacks, config) or tether_in(getattr(tool, "callbacks", None))
+
+
+def run_governor(callbacks: Any, config: Any = None) -> Tether | None:
+    """The Tether governing the current run: its handler among the callbacks, or the run's mark."""
+    found = tether_in(callbacks)
+    if found is not None:
+        return found
+    if config is None:
+        from langchain_core.runnables.config import var_child_runnable_config
+
+        config = var_child_runnable_config.get()
+    key = ((config or {}).get("configurable") or {}).get(RUN_MARK)
+    return _tethers.get(key) if key else None
 
 
 def tether_in(callbacks: Any) -> Tether | None:
@@ -168,7 +186,7 @@ def _patched_run(original: Callable[..., Any]) -> Callable[..., Any]:
         gate = _take(self, kwargs.get("tool_call_id"))
         if gate is not None:
             return _governed_body(original, self, tool_input, args, kwargs, gate)
-        tether = governor(self, kwargs.get("callbacks"))
+        tether = governor(self, kwargs.get("callbacks"), kwargs.get("config"))
         if tether is None:
             return original(self, tool_input, *args, **kwargs)
         return tether.run_at_waist(original, self, tool_input, args, kwargs)
@@ -183,7 +201,7 @@ def _patched_arun(original: Callable[..., Any]) -> Callable[..., Any]:
         gate = _take(self, kwargs.get("tool_call_id"))
         if gate is not None:
             return await _agoverned_body(original, self, tool_input, args, kwargs, gate)
-        tether = governor(self, kwargs.get("callbacks"))
+        tether = governor(self, kwargs.get("callbacks"), kwargs.get("config"))
         if tether is None:
             return await original(self, tool_input, *args, **kwargs)
         return await tether.arun_at_waist(original, self, tool_input, args, kwargs)
@@ -269,7 +287,7 @@ def _patched_stream(original: Callable[..., Any]) -> Callable[..., Any]:
     def stream(self: Any, input: Any, config: Any = None, *args: Any, **kwargs: Any) -> Any:
         tether = graph_governor(self)
         if tether is not None:
-            config = with_handler(config, tether.handler)
+            config = marked(config, tether.key)
         return original(self, input, config, *args, **kwargs)
 
     return stream
@@ -304,26 +322,19 @@ def _hashable(value: Any) -> bool:
     return value is not None
 
 
-def with_handler(config: Any, handler: Any) -> dict[str, Any]:
-    """``config`` with ``handler`` among its callbacks (once)."""
+def marked(config: Any, key: str) -> dict[str, Any]:
+    """``config`` marked as a run ``key``'s Tether governs (a copy; the caller's stays as it was)."""
     config = dict(config or {})
-    callbacks = config.get("callbacks")
-    if callbacks is None:
-        config["callbacks"] = [handler]
-    elif isinstance(callbacks, list):
-        if handler not in callbacks:
-            config["callbacks"] = [*callbacks, handler]
-    elif handler not in getattr(callbacks, "handlers", ()):
-        manager = callbacks.copy()
-        manager.add_handler(handler, inherit=True)
-        config["callbacks"] = manager
+    configurable = config.get("configurable") or {}
+    if configurable.get(RUN_MARK) != key:
+        config["configurable"] = {**configurable, RUN_MARK: key}
     return config
 
 
 def _patched_generate(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def generate(self: Any, messages: Any, stop: Any = None, callbacks: Any = None, **kwargs: Any) -> Any:
-        tether = None if model_recorded.get() else tether_in(callbacks)
+        tether = None if model_recorded.get() else run_governor(callbacks)
         if tether is None:
             return original(self, messages, stop, callbacks, **kwargs)
         from ._models import screened_generate
@@ -336,7 +347,7 @@ def _patched_generate(original: Callable[..., Any]) -> Callable[..., Any]:
 def _patched_agenerate(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     async def agenerate(self: Any, messages: Any, stop: Any = None, callbacks: Any = None, **kwargs: Any) -> Any:
-        tether = None if model_recorded.get() else tether_in(callbacks)
+        tether = None if model_recorded.get() else run_governor(callbacks)
         if tether is None:
             return await original(self, messages, stop, callbacks, **kwargs)
         from ._models import ascreened_generate
