@@ -235,8 +235,7 @@ class Tether:
         try:
             config = kwargs.get("config") or current_config()
             session = self.session_for(config)
-            self.claim(tool)
-            call = {"name": self.name_of(tool.name), "args": model_args(tool, tool_input), "id": call_id}
+            call = {"name": policy_name(tool), "args": model_args(tool, tool_input), "id": call_id}
             decision = self._decide(session, call, config, None)
         except GraphBubbleUp:
             raise
