@@ -41,6 +41,7 @@ class TetherCallbackHandler(BaseCallbackHandler):
 
     def __init__(self, tether: Tether) -> None:
         self.tether = tether
+        self.tether_of_run = tether  # how the primitives recognise a Tether's handler among a run's callbacks
         self._models: OrderedDict[UUID, tuple[Session, str]] = OrderedDict()
         self._lock = threading.Lock()
 

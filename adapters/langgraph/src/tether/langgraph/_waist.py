@@ -21,6 +21,7 @@ and hand the decision to the waist through a :class:`Gate`, so no call is decide
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import functools
@@ -29,6 +30,10 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from langchain_core.runnables.config import var_child_runnable_config
+
+from ._results import after, record_error
 
 if TYPE_CHECKING:
     from tether.core import Decision, Session
@@ -103,8 +108,6 @@ def run_governor(callbacks: Any, config: Any = None) -> Tether | None:
     if found is not None:
         return found
     if config is None:
-        from langchain_core.runnables.config import var_child_runnable_config
-
         config = var_child_runnable_config.get()
     key = ((config or {}).get("configurable") or {}).get(RUN_MARK)
     return _tethers.get(key) if key else None
@@ -112,14 +115,13 @@ def run_governor(callbacks: Any, config: Any = None) -> Tether | None:
 
 def tether_in(callbacks: Any) -> Tether | None:
     """The Tether whose callback handler is among ``callbacks`` (a list or a callback manager)."""
-    from ._handler import TetherCallbackHandler
-
-    if callbacks is None:
+    if not callbacks:
         return None
     handlers = callbacks if isinstance(callbacks, list) else getattr(callbacks, "handlers", None) or []
     for handler in handlers:
-        if isinstance(handler, TetherCallbackHandler):
-            return handler.tether
+        tether = getattr(handler, "tether_of_run", None)
+        if tether is not None:
+            return tether  # type: ignore[no-any-return]
     return None
 
 
@@ -212,8 +214,6 @@ def _patched_arun(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _governed_body(original: Callable[..., Any], tool: Any, tool_input: Any, args: Any, kwargs: Any, gate: Gate) -> Any:
     """Run a decided call's body (calls made inside it are decided on their own) and record it."""
-    from ._guard import after, record_error
-
     token = _gate.set(None)
     try:
         output = original(tool, tool_input, *args, **kwargs)
@@ -228,10 +228,6 @@ def _governed_body(original: Callable[..., Any], tool: Any, tool_input: Any, arg
 async def _agoverned_body(
     original: Callable[..., Any], tool: Any, tool_input: Any, args: Any, kwargs: Any, gate: Gate
 ) -> Any:
-    import asyncio
-
-    from ._guard import after, record_error
-
     token = _gate.set(None)
     try:
         output = await original(tool, tool_input, *args, **kwargs)
