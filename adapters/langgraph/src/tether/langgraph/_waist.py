@@ -14,9 +14,10 @@ metadata), else the Tether governing the run: the one whose callback handler is 
 callbacks, or the one whose mark a graph holding a guarded ``ToolNode`` puts in its runs'
 ``configurable`` (LangGraph hands it to every node, subgraph and tool of the run; a mark is
 cheaper than a handler, which makes LangChain dispatch every event of the run). A tool nobody
-claimed, run where no Tether governs, runs as LangChain runs it. The entry-point hooks (the ``ToolNode`` wrapper, the
-middleware) decide with everything they know (the AI message's batch of calls, breakpoints)
-and hand the decision to the waist through a :class:`Gate`, so no call is decided twice.
+claimed, run where no Tether governs, runs as LangChain runs it. The entry-point hooks (the
+``ToolNode`` wrapper, the middleware) decide with everything they know (the AI message's batch
+of calls, breakpoints) and hand the decision to the waist through a :class:`Gate`, so no call
+is decided twice.
 """
 
 from __future__ import annotations
@@ -126,15 +127,14 @@ def tether_in(callbacks: Any) -> Tether | None:
 
 
 def _wrapper_owner(wrapper: Any) -> Tether | None:
+    """The Tether whose wrapper (its own, or its middleware's) this is."""
     from ._guard import Tether
-    from ._middleware import TetherMiddleware
 
     owner = getattr(wrapper, "__self__", None)
     if isinstance(owner, Tether):
         return owner
-    if isinstance(owner, TetherMiddleware):
-        return owner.tether
-    return None
+    tether = getattr(owner, "tether", None)  # TetherMiddleware (langchain is optional: no import here)
+    return tether if isinstance(tether, Tether) else None
 
 
 # -- the gate --------------------------------------------------------------------------------
@@ -193,7 +193,6 @@ def _patched_run(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(self, tool_input, *args, **kwargs)
         return tether.run_at_waist(original, self, tool_input, args, kwargs)
 
-    run.__tether_patched__ = True  # type: ignore[attr-defined]
     return run
 
 
@@ -208,7 +207,6 @@ def _patched_arun(original: Callable[..., Any]) -> Callable[..., Any]:
             return await original(self, tool_input, *args, **kwargs)
         return await tether.arun_at_waist(original, self, tool_input, args, kwargs)
 
-    arun.__tether_patched__ = True  # type: ignore[attr-defined]
     return arun
 
 
@@ -319,11 +317,13 @@ def _hashable(value: Any) -> bool:
 
 
 def marked(config: Any, key: str) -> dict[str, Any]:
-    """``config`` marked as a run ``key``'s Tether governs (a copy; the caller's stays as it was)."""
+    """``config`` marked as a run ``key``'s Tether governs (a copy; the caller's stays as it was).
+
+    The mark is a top-level key: LangGraph moves such keys into the run's ``configurable``,
+    merging them with what it inherits (a ``configurable`` given here would replace the
+    inherited one on langgraph 1.0)."""
     config = dict(config or {})
-    configurable = config.get("configurable") or {}
-    if configurable.get(RUN_MARK) != key:
-        config["configurable"] = {**configurable, RUN_MARK: key}
+    config[RUN_MARK] = key
     return config
 
 
