@@ -52,8 +52,8 @@ def supervisor_graph(
         if "handle_tool_errors" not in str(exc):
             raise
         pytest.skip(  # a framework limit, not Tether's
-            "this langgraph-supervisor cannot take a ToolNode from this langgraph-prebuilt "
-            f"({exc}): pass the supervisor's tools as a list of guarded tools"
+            "this langgraph-supervisor fails on tools of the supervisor's own with this "
+            f"langgraph-prebuilt ({exc}); its handoffs are tested without them"
         )
     return built.compile()
 
