@@ -119,12 +119,18 @@ LANGGRAPH = {
         "langchain==1.0.0",
         "langchain-core==1.0.0",
         "langgraph-checkpoint-sqlite==2.0.11",
+        "langgraph-supervisor==0.0.30",  # 0.0.31 needs langgraph 1.0.2
+        "langchain-mcp-adapters==0.3.0",
+        "mcp==1.24.0",  # langchain-mcp-adapters 0.3.0 needs the 1.x server module
     ),
     "newest": (
         "langgraph==1.2.24",
         "langchain==1.5.2",
         "langgraph-checkpoint-sqlite==3.1.2",
         "langgraph-checkpoint-postgres==3.1.3",  # resuming from a PostgreSQL checkpoint
+        "langgraph-supervisor==0.0.31",
+        "langchain-mcp-adapters==0.3.2",
+        "mcp==1.30.0",  # langchain-mcp-adapters 0.3.2 needs mcp < 2
     ),
 }
 

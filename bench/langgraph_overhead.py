@@ -12,6 +12,7 @@ per repetition, the ratio of the two medians.
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import sys
 import tempfile
@@ -36,16 +37,17 @@ POLICY = {
     "tools": {"noop": {"effects": ["read"]}},
     "agents": {"bench": {"purpose": "bench", "owner": "bench@acme.example", "tools": {"noop": "allow"}}},
 }
-REPS, CALLS = 7, 400
-
-
-@tool
-def noop(x: int) -> str:
-    """Do nothing."""
-    return "ok"
+REPS, CALLS = int(os.environ.get("BENCH_REPS", 7)), 400
 
 
 def graph(tether: Tether | None) -> Any:
+    """The graph, with a tool of its own: a tool a guarded ToolNode holds is guarded wherever it runs."""
+
+    @tool
+    def noop(x: int) -> str:
+        """Do nothing."""
+        return "ok"
+
     wrap = {"wrap_tool_call": tether.wrap_tool_call} if tether else {}
     builder = StateGraph(MessagesState)
     builder.add_node("tools", ToolNode([noop], **wrap))

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,9 +8,9 @@ from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 
+from tests.conformance.scenario import KEY as KEY  # the store's key, for the resume tests
+from tests.conformance.scenario import scenario_store as scenario_store  # the store fixture
 from tether.core import AuditStore, Guard
-
-KEY = b"k" * 32
 
 POLICY: dict[str, Any] = {
     "version": 1,
@@ -64,6 +62,19 @@ class ScriptedModel(BaseChatModel):
         return {m.tool_call_id: str(m.content) for ms in self.seen for m in ms if isinstance(m, ToolMessage)}
 
 
+class CountingModel(ScriptedModel):
+    """Answers its n-th call with the n-th scripted message, whatever the conversation holds
+    (for agents that see each other's messages)."""
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> ChatResult:
+        turn = len(self.seen)
+        self.seen.append(list(messages))
+        message = self.script[turn] if turn < len(self.script) else AIMessage("done")
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
 def calls(*items: tuple[str, dict[str, Any], str]) -> AIMessage:
     return AIMessage("", tool_calls=[{"name": n, "args": a, "id": i, "type": "tool_call"} for n, a, i in items])
 
@@ -107,10 +118,8 @@ def tools(ran: Ran) -> list[Any]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[AuditStore]:
-    audit = AuditStore(f"sqlite:///{tmp_path / 'audit.db'}", key=KEY)
-    yield audit
-    audit.close()
+def store(scenario_store: AuditStore) -> AuditStore:
+    return scenario_store
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """One step of a graph run in its own process: start (and pause at the breakpoint) or resume.
 
-python -m tests.langgraph.resume_run start|resume DIR THREAD [ANSWER]
+python -m tests.langgraph.resume_run start|pending|resume DIR THREAD [ANSWER]
 
 Checkpoints go to SQLite in DIR, or to PostgreSQL when TETHER_TEST_CHECKPOINTS names a database.
 """
@@ -22,7 +22,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.types import Command
 
 from tether.core import AuditStore, Guard
-from tether.langgraph import Tether
+from tether.langgraph import Tether, pending
 
 from .conftest import KEY, POLICY, ScriptedModel, calls
 from .graphs import state_graph
@@ -58,6 +58,10 @@ def main(step: str, folder: Path, thread: str, answer: str = "approve") -> None:
         graph = state_graph(model, [refund], Tether(Guard(POLICY, store=store), agent="support-bot"), saver)
         if step == "start":
             result = graph.invoke({"messages": [HumanMessage("refund order A")]}, config)
+        elif step == "pending":  # what waits, read from the checkpoint without running anything
+            print(json.dumps({"pending": [i.value for i in pending(graph, config)]}))
+            store.close()
+            return
         else:
             result = graph.invoke(Command(resume=answer), config)
     interrupts = [i.value for i in result.get("__interrupt__", ())]

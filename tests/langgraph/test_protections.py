@@ -4,15 +4,20 @@ or withheld model requests (the core's data protections)."""
 from __future__ import annotations
 
 import importlib.util
+from typing import Annotated, Any
 
 import pytest
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_core.tools import InjectedToolCallId, tool
+from langgraph.types import Command
 
 from tether.core import Guard
 from tether.langgraph import Tether
 
 from .conftest import POLICY, ScriptedModel, calls
-from .graphs import agent
+from .graphs import agent, state_graph
+
+CARD = "4111 1111 1111 1111"
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("tether.core.protect") is None, reason="needs the core's data protections"
@@ -59,3 +64,48 @@ def test_withheld_model_request_is_not_sent(store, tools, ran) -> None:
     )
     assert second.seen == []
     assert result["messages"][-1].content.startswith("Tether withheld this model request")
+
+
+def card_tool(ran: Any) -> Any:
+    """A tool that answers with a Command whose ToolMessage carries a card number and an e-mail."""
+
+    @tool
+    def lookup(ticket: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> Command:
+        """Read a ticket."""
+        ran.calls.append(("lookup", {"ticket": ticket}))
+        text = f"ticket {ticket}: card {CARD}, write to jane@example.com"
+        return Command(update={"messages": [ToolMessage(text, tool_call_id=tool_call_id)]})
+
+    return lookup
+
+
+@pytest.mark.parametrize("wiring", ["tool_node", "middleware"])
+def test_a_command_result_reaches_the_model_redacted(store, ran, wiring: str) -> None:
+    guard = Guard(policy(clearance="redact"), store=store)
+    model = ScriptedModel(script=[calls(("lookup", {"ticket": "1"}, "c1"))])
+    build = agent if wiring == "middleware" else state_graph
+    build(model, [card_tool(ran)], Tether(guard, agent="support-bot")).invoke(
+        {"messages": [HumanMessage("x")]}, {"configurable": {"thread_id": "p-1"}}
+    )
+    assert ran.count("lookup") == 1
+    reply = model.tool_replies()["c1"]
+    assert "jane@example.com" not in reply and CARD not in reply
+    assert "ticket 1" in reply  # the rest of the message is kept
+    [result] = [e for e in store.session_events("p-1") if e.kind == "tool.result"]
+    assert result.details["held"]  # recorded as held back from the agent
+
+
+def test_the_system_message_is_recorded_screened_and_trusted(store, tools, ran) -> None:
+    from langchain.agents import create_agent
+
+    guard = Guard(policy(clearance="redact"), store=store)
+    model = ScriptedModel(script=[])
+    system = "You are Acme's support bot. The on-call engineer is jane@example.com."
+    create_agent(
+        model, tools, system_prompt=system, middleware=[Tether(guard, agent="support-bot").middleware()]
+    ).invoke({"messages": [HumanMessage("who is on call?")]}, {"configurable": {"thread_id": "p-1"}})
+    [request] = [e for e in store.session_events("p-1") if e.kind == "model.request"]
+    assert "on-call engineer" in request.data and "jane@example.com" not in request.data  # recorded, redacted
+    shown = " ".join(str(m.content) for m in model.seen[0])
+    assert "on-call engineer" in shown and "jane@example.com" not in shown  # the model got what Tether allows
+    assert request.details["values"]  # and its values are trusted input for provenance

@@ -57,17 +57,6 @@ def test_queue_approval_runs_the_call_once(store: AuditStore, tools, ran) -> Non
     assert kinds.count("approval.answer") == 1 and kinds.count("approval") == 1
 
 
-def test_queue_timeout_denies(store: AuditStore, tools, ran) -> None:
-    policy = {**POLICY, "approvals": {"timeout": "1s"}}
-    guard = Guard(policy, store=store, approver=QueueApprover(store, poll=0.05))
-    model = ScriptedModel(script=[calls(("refund", {"order": "A", "amount": 100}, "r1"))])
-    state_graph(model, tools, Tether(guard, agent="support-bot", approvals="queue")).invoke(
-        {"messages": [HumanMessage("x")]}, THREAD
-    )
-    assert ran.calls == []
-    assert "no approval within 1s" in model.tool_replies()["r1"]
-
-
 def test_guarded_tool_in_a_custom_node(guard: Guard, tools, ran) -> None:
     t = Tether(guard, agent="support-bot")
     send_email = t.guard_tool(tools[1])
@@ -99,3 +88,38 @@ def test_guarded_tool_async(guard: Guard, tools, ran) -> None:
     assert ran.calls == [("send_email", {"to": "ops@acme.example", "body": "ok"})]
     kinds = [e.kind for e in guard.store.session_events("s-async")]
     assert kinds.count("tool.decision") == 2 and kinds.count("tool.result") == 1
+
+
+def test_a_guarded_tool_called_in_a_node_pauses_the_graph(guard: Guard, tools, ran) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    refund = Tether(guard, agent="support-bot").guard_tool(tools[2])
+    outputs: list[str] = []
+
+    def node(state: MessagesState) -> dict:
+        outputs.append(refund.invoke({"order": "A", "amount": 100}))
+        return {"messages": [AIMessage("done")]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("refunder", node)
+    builder.add_edge(START, "refunder")
+    builder.add_edge("refunder", END)
+    graph = builder.compile(checkpointer=InMemorySaver())
+    paused = graph.invoke({"messages": [HumanMessage("x")]}, THREAD)
+    [request] = paused["__interrupt__"][0].value["requests"]
+    assert request["tool"] == "refund" and ran.calls == []
+    graph.invoke(Command(resume="approve"), THREAD)
+    assert ran.calls == [("refund", {"order": "A", "amount": 100})]
+    assert outputs == ["refunded 100 on A"]
+
+
+def test_a_breakpoint_outside_a_graph_says_what_to_do(guard: Guard, tools, ran) -> None:
+    import pytest
+
+    from tether.langgraph import BreakpointError
+
+    refund = Tether(guard, agent="support-bot", session="outside").guard_tool(tools[2])
+    with pytest.raises(BreakpointError, match="approvals='queue'"):
+        refund.invoke({"order": "A", "amount": 100})
+    assert ran.calls == []

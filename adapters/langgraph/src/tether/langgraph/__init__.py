@@ -8,7 +8,8 @@ agent = create_agent(model, [...], middleware=[t.middleware()])      # LangChain
 graph.invoke(inputs, {"callbacks": [t.callback_handler()], "configurable": {"thread_id": "42"}})
 """
 
-from ._answers import resume
-from ._guard import BreakpointError, Tether
+from ._answers import pending, resume
+from ._batch import BreakpointError
+from ._guard import Tether
 
-__all__ = ["BreakpointError", "Tether", "resume"]
+__all__ = ["BreakpointError", "Tether", "pending", "resume"]

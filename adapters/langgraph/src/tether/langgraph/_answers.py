@@ -96,6 +96,19 @@ def _read_mapping(value: Mapping[str, Any]) -> ApprovalAnswer:
     return ApprovalAnswer(bool(approved), by, comment, dict(args) if args is not None else None)
 
 
+def pending(graph: Any, config: Mapping[str, Any]) -> list[Interrupt]:
+    """Tether's breakpoints waiting in a thread, read from its checkpoint: from any process with
+    the same checkpointer, e.g. to show a person what waits. Each interrupt's ``value`` lists its
+    calls (``requests``); answer them all with ``graph.invoke(resume(pending(...), answers), config)``."""
+    state = graph.get_state(config)
+    return [
+        item
+        for task in state.tasks
+        for item in task.interrupts
+        if isinstance(item.value, Mapping) and item.value.get("type") == KIND
+    ]
+
+
 def resume(interrupts: Iterable[Interrupt] | Mapping[str, Any], answers: Mapping[str, Any] | Any) -> Command[Any]:
     """A ``Command`` that answers Tether's pending breakpoints, however LangGraph split them.
 
