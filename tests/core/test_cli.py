@@ -182,3 +182,15 @@ def test_corrupt_store_url_is_a_clear_error(workdir: Path) -> None:
 def test_module_main(workdir: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "tether.core.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "runtime security for what AI agents do" in result.stdout
+
+
+def test_the_audit_is_searched_by_user_though_it_stores_no_user_id(workdir: Path) -> None:
+    guard = Guard(BASE_POLICY)
+    guard.session("bot", "s1", user="dana@customer.example").before_tool("search", {})
+    guard.session("bot", "s2", user="olaf").before_tool("search", {})
+    guard.close()
+    code, out, _ = run("audit", "export", "--user", "dana@customer.example")
+    assert code == 0 and {json.loads(line)["session_id"] for line in out.splitlines()} == {"s1"}
+    code, out, _ = run("audit", "tail", "--user", "olaf")
+    assert code == 0 and len(out.splitlines()) == 2 and "s2" in out and "s1" not in out
+    assert "dana@customer.example" not in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,11 +16,13 @@ from tether.core import (
     AuditStore,
     Enforcement,
     Guard,
+    QueueApprover,
     StoreError,
     Verdict,
 )
 from tether.core.audit import verify
 from tether.core.audit.events import Kind
+from tether.core.redact import user_ref
 
 from .conftest import BASE_POLICY, KEY, policy_with
 
@@ -51,7 +54,7 @@ def test_decision_is_durable_before_before_tool_returns(guard: Guard, store: Aud
         Kind.TOOL_DECISION,
         "search",
         "allow",
-        "alice",
+        user_ref(KEY, "alice"),  # the user is personal data: stored fingerprinted
         "acme",
     )
     assert event.details["call_id"] == "c1"
@@ -440,3 +443,49 @@ def test_mapping_args_of_any_kind(guard: Guard) -> None:
             return len(self._d)
 
     assert guard.session("bot").before_tool("send_email", Args(to="a@acme.example")).allowed
+
+
+KEYED_SECRETS = ["dana.secret@customer.example", "AKIAABCDEFGHIJKLMNOP", "4111 1111 1111 1111", "ghp_" + "A1b2" * 9]
+
+
+def stored_bytes(sqlite_url: str) -> bytes:
+    """Everything SQLite holds for the store, whether still in the write-ahead log or not."""
+    path = Path(sqlite_url.removeprefix("sqlite:///"))
+    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*") if not p.name.endswith(".key"))
+
+
+def test_secrets_used_as_mapping_keys_are_never_stored_raw(sqlite_url: str) -> None:
+    store = AuditStore(sqlite_url, key=KEY)
+    session = Guard(BASE_POLICY, store=store).session("bot", "keys")
+    keyed = {secret: "value" for secret in KEYED_SECRETS}
+    decision = session.before_tool("search", {"q": "x", "by_owner": keyed, **{KEYED_SECRETS[1]: 1}})
+    assert decision.allowed and decision.args["by_owner"] is keyed  # the tool still gets them
+    session.after_tool(decision, {"rows": [keyed], KEYED_SECRETS[3]: "token as a key"})
+    unreadable = session.before_tool("search", {KEYED_SECRETS[0]: object()})  # its path is in the reason
+    assert not unreadable.allowed and "[email:" in unreadable.reason
+    shown = store.session_events("keys")[1].details["args"]
+    assert "[aws_access_key:" in " ".join(shown) and "[github_token:" not in " ".join(shown)
+    assert len(shown["by_owner"]) == len(KEYED_SECRETS)  # masked keys stay distinct
+    store.close()
+    raw = stored_bytes(sqlite_url)
+    for secret in KEYED_SECRETS:
+        assert secret.encode() not in raw, secret
+
+
+def test_the_sessions_user_is_stored_as_a_searchable_fingerprint(sqlite_url: str) -> None:
+    store = AuditStore(sqlite_url, key=KEY)
+    guard = Guard(policy_with(approvals={"timeout": "1s"}), store=store, approver=QueueApprover(store))
+    session = guard.session("bot", "u1", user="dana.secret@customer.example")
+    session.resolve(session.before_tool("refund", {"amount": 120}))  # an approval request records the user too
+    guard.session("bot", "u2", user="dana.secret@customer.example").before_tool("search", {})
+    guard.session("bot", "u3", user="olaf").before_tool("search", {})
+    store.close()
+    raw = stored_bytes(sqlite_url)
+    assert b"dana.secret" not in raw and b"olaf" not in raw
+
+    store = AuditStore(sqlite_url, key=KEY)
+    ref = user_ref(store.key, "dana.secret@customer.example")
+    assert ref.endswith("@customer.example") and "dana.secret" not in ref  # the domain stays readable
+    assert {e.session_id for e in store.events(user=ref)} == {"u1", "u2"}
+    assert {e.session_id for e in store.events(user=user_ref(store.key, "olaf"))} == {"u3"}
+    store.close()

@@ -20,7 +20,11 @@ from .audit.render import session_lines, tail_line
 from .errors import PolicyError, TetherError
 from .inventory import inventory
 from .policy import compile_policy, read_policy
+from .redact import user_ref
 
+_USER = click.option(
+    "--user", help="Only events of sessions run for this user (the audit stores users fingerprinted)."
+)
 _STORE = click.option(
     "--store",
     envvar="TETHER_STORE",
@@ -102,16 +106,18 @@ def audit() -> None:
 @_STORE
 @click.option("-n", "--lines", default=20, show_default=True, help="How many recent events to show.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new events as they arrive.")
-def tail(store: str | None, lines: int, follow: bool) -> None:
+@_USER
+def tail(store: str | None, lines: int, follow: bool, user: str | None) -> None:
     """Print the most recent events."""
     audit_store = _open(store)
+    ref = user_ref(audit_store.key, user) if user else None
     last_id = 0
-    for event in audit_store.events(last=lines):
+    for event in audit_store.events(last=lines, user=ref):
         click.echo(tail_line(event))
         last_id = event.id
     while follow:
         time.sleep(0.5)
-        for event in audit_store.events(after_id=last_id):
+        for event in audit_store.events(after_id=last_id, user=ref):
             click.echo(tail_line(event))
             last_id = event.id
 
@@ -149,9 +155,12 @@ def verify_command(store: str | None) -> None:
 @click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
 @click.option("--session", "session_id", help="Only this session.")
 @click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-", help="File (default: stdout).")
-def export(store: str | None, fmt: str, session_id: str | None, output: Any) -> None:
+@_USER
+def export(store: str | None, fmt: str, session_id: str | None, output: Any, user: str | None) -> None:
     """Export events, one JSON object per line, with their hashes."""
-    for event in _open(store).events(session_id=session_id):
+    audit_store = _open(store)
+    ref = user_ref(audit_store.key, user) if user else None
+    for event in audit_store.events(session_id=session_id, user=ref):
         output.write(json.dumps(event.as_dict(), ensure_ascii=False, sort_keys=True) + "\n")
 
 

@@ -24,7 +24,7 @@ from .policy.loader import read_policy
 from .policy.schema import Mode, Policy, Trust, Verdict
 from .protect import Held, check_call, held_back, stricter
 from .provenance import content_values, fingerprints, reads_like_instructions, strings, trusted_parts
-from .redact import Preview, mask, mask_values, preview
+from .redact import Preview, mask, mask_values, preview, user_ref
 from .state import SessionState
 from .values import Plain, canonical_json, clean_str, to_plain
 
@@ -129,6 +129,7 @@ class Session:
         self.guard = guard
         self.agent = agent
         self.user = user
+        self._user_ref = user_ref(guard.store.key, user) if user else None  # what the audit stores
         self.tenant = tenant
         self.context = context or {}
         self.parent = parent if parent != state.id else None
@@ -225,7 +226,8 @@ class Session:
         try:
             plain = to_plain(args, "args")
         except UnsupportedValueError as exc:
-            return {}, Ruling(Verdict.DENY, f"{exc} (denied: unreadable arguments)", (ERROR_RULE,), error=str(exc))
+            why = mask(str(exc), self.guard.store.key, self.guard.policy.classifier)  # it names keys
+            return {}, Ruling(Verdict.DENY, f"{why} (denied: unreadable arguments)", (ERROR_RULE,), error=why)
         if not isinstance(plain, dict):
             message = f"arguments must be a mapping of names to values, not {type(args).__name__}"
             return {}, Ruling(Verdict.DENY, message, (ERROR_RULE,), error=message)
@@ -314,7 +316,7 @@ class Session:
             decision.event_id,
             self.agent,
             self.id,
-            self.user,
+            self._user_ref,
             self.tenant,
             decision.call.tool,
             preview(plain, key).value,
@@ -476,7 +478,8 @@ class Session:
             return self.guard.store.seen_elsewhere(sensitive, self.id, tenant, by_tenant=by_tenant)
 
         check_others = None if protections.cross_session == "allow" else others
-        return held_back(policy.classifier, clearance, strings(plain), check_others, protections, self.guard.store.key)
+        texts = strings(plain, keys=True)
+        return held_back(policy.classifier, clearance, texts, check_others, protections, self.guard.store.key)
 
     # -- models ------------------------------------------------------------------------------
 
@@ -585,7 +588,7 @@ class Session:
             self.id,
             kind,
             self.agent,
-            self.user,
+            self._user_ref,
             self.tenant,
             tool,
             parent,

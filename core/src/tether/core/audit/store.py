@@ -403,12 +403,20 @@ class AuditStore:
         return list(self._read(query))
 
     def events(
-        self, *, session_id: str | None = None, after_id: int | None = None, last: int | None = None
+        self,
+        *,
+        session_id: str | None = None,
+        after_id: int | None = None,
+        last: int | None = None,
+        user: str | None = None,
     ) -> Iterator[AuditEvent]:
-        """Events oldest first, optionally one session's, after a row id, or only the ``last`` n."""
+        """Events oldest first, optionally one session's, after a row id, or only the ``last`` n;
+        ``user`` is a user reference as stored (:func:`tether.core.redact.user_ref`)."""
         query = sa.select(events)
         if session_id is not None:
             query = query.where(events.c.session_id == session_id)
+        if user is not None:
+            query = query.where(events.c.user_id == user)
         if after_id is not None:
             query = query.where(events.c.id > after_id)
         if last is not None:
