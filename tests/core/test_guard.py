@@ -489,3 +489,23 @@ def test_the_sessions_user_is_stored_as_a_searchable_fingerprint(sqlite_url: str
     assert {e.session_id for e in store.events(user=ref)} == {"u1", "u2"}
     assert {e.session_id for e in store.events(user=user_ref(store.key, "olaf"))} == {"u3"}
     store.close()
+
+
+def nested(depth: int, leaf: Any = "ghp_" + "A1b2" * 9) -> Any:
+    value: Any = leaf
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [100, 1_000, 5_000])
+def test_deep_outputs_are_recorded_and_returned(guard: Guard, store: AuditStore, depth: int) -> None:
+    session = guard.session("bot", f"deep{depth}")
+    decision = session.before_tool("search", {"q": "x"})
+    output = nested(depth)
+    assert session.after_tool(decision, output) is output
+    result = store.session_events(f"deep{depth}")[-1]
+    assert result.kind == Kind.TOOL_RESULT and "ghp_" not in result.data  # scanned and masked all the same
+    request = session.before_model([{"role": "tool", "content": output}])
+    assert request.allowed and store.session_events(f"deep{depth}")[-1].kind == Kind.MODEL_REQUEST
+    assert not session.before_tool("search", {"q": output}).allowed  # an argument Tether cannot read is refused

@@ -26,7 +26,7 @@ from .protect import Held, check_call, held_back, stricter
 from .provenance import content_values, fingerprints, reads_like_instructions, strings, trusted_parts
 from .redact import Preview, mask, mask_values, preview, user_ref
 from .state import SessionState
-from .values import Plain, canonical_json, clean_str, to_plain
+from .values import Plain, as_text, canonical_json, clean_str, to_plain
 
 log = logging.getLogger("tether")
 _MAX_SESSIONS = 10_000  # sessions kept in memory; older ones are rebuilt from the audit if they return
@@ -612,8 +612,8 @@ class Session:
 def _plain_or_text(value: Any, name: str) -> Plain:
     try:
         return to_plain(value, name)
-    except UnsupportedValueError:
-        return clean_str(str(value))
+    except UnsupportedValueError:  # not plain data, or nested too deep: recorded (and scanned) as text
+        return as_text(value)
 
 
 def _apply(
@@ -637,7 +637,4 @@ def _apply(
 
 def _shown(value: Any, name: str, key: bytes) -> Preview:
     """A storable preview of anything a tool or model produced; what is not plain data is shown as text."""
-    try:
-        return preview(to_plain(value, name), key)
-    except UnsupportedValueError:
-        return preview(clean_str(str(value)), key)
+    return preview(_plain_or_text(value, name), key)
