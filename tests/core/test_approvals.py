@@ -233,6 +233,27 @@ def test_approve_for_the_session_covers_later_calls_of_that_tool_only(store: Aud
     assert result[0].allowed
 
 
+def test_a_twin_call_waiting_on_an_answer_already_used_says_so(store: AuditStore, queue: ApprovalQueue) -> None:
+    """Two agents make the same call in one session; one answer runs it once, and the other is
+    told exactly that (not that nobody answered in time)."""
+    guard = Guard(approval_policy("600s"), store=store, approver=QueueApprover(store))
+    first, second = guard.session("bot", "twin"), guard.session("bot", "twin")
+    one = in_background(first.resolve, first.before_tool("send_email", {"to": "a@acme.example"}))
+    entry = pending_one(queue)
+    two = in_background(second.resolve, second.before_tool("send_email", {"to": "a@acme.example"}))
+    deadline = time.monotonic() + 30
+    while len(store.session_events("twin")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)  # both decisions recorded: the second waits on the same request
+    queue.answer(entry.id, approved=True, by="olga")
+    for thread, _ in (one, two):
+        thread.join(30)
+        assert not thread.is_alive()
+    results = sorted((one[1][0], two[1][0]), key=lambda d: d.allowed)
+    assert [d.allowed for d in results] == [False, True]
+    assert "no approval within" not in results[0].reason
+    assert f"the answer to request {entry.id} was already used" in results[0].reason
+
+
 @pytest.mark.parametrize(
     ("answer", "message"),
     [

@@ -230,3 +230,19 @@ def test_the_schema_revision_constant_is_the_newest_migration() -> None:
     config = Config()
     config.set_main_option("script_location", str(Path(store_module.__file__).parent / "migrations"))
     assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_REVISION
+
+
+def test_processes_racing_on_a_new_session_start_it_once(store_url: str) -> None:
+    """Two processes (two stores, two guards) load a new session before either writes to it."""
+    guards = [Guard(BASE_POLICY, store=AuditStore(store_url, key=KEY)) for _ in range(2)]
+    sessions = [guard.session("bot", "raced") for guard in guards]
+    for session in sessions:
+        assert not session.tainted  # loads the (empty) session in each process
+    for session in sessions:
+        session.before_tool("search", {"q": "x"})
+    events = guards[0].store.session_events("raced")
+    assert [e.kind for e in events].count("session.start") == 1
+    assert [e.seq for e in events] == [0, 1, 2]
+    assert verify(guards[0].store.key, guards[0].store.events()).ok
+    for guard in guards:
+        guard.close()

@@ -213,3 +213,13 @@ def test_a_non_finite_number_never_makes_a_condition_quietly_decide(value: float
 def test_a_non_finite_number_no_condition_reads_does_not_matter() -> None:
     ruling = rule_on("refund", {"amount": 20, "ratio": float("nan")})
     assert ruling.verdict is Verdict.ALLOW
+
+
+def test_a_deny_rule_is_cited_even_when_the_tool_is_not_granted_either() -> None:
+    policy = policy_with(
+        rules=[{"id": "no-deletes", "tools": ["delete_file"], "action": "deny", "reason": "deletes are never allowed"}]
+    )
+    ruling = rule_on("delete_file", {"path": "/etc"}, policy=policy)
+    assert ruling.verdict is Verdict.DENY
+    assert ruling.rule_ids[0] == "no-deletes" and "default" in ruling.rule_ids
+    assert ruling.reason.startswith("deletes are never allowed") and "not granted" in ruling.reason

@@ -14,7 +14,7 @@ else:
     print(decision.refusal())
 """
 
-from .approvals import ApprovalAnswer, ApprovalRequest, Approver, ConsoleApprover
+from .approvals import ApprovalAnswer, ApprovalRequest, Approver, ConsoleApprover, Unanswered
 from .approvals.queue import ApprovalError, ApprovalQueue, QueueApprover
 from .audit import AuditEvent, AuditStore
 from .decision import Decision, Enforcement, ToolCall
@@ -54,6 +54,7 @@ __all__ = [
     "ToolCall",
     "ToolDenied",
     "Trust",
+    "Unanswered",
     "UnsupportedValueError",
     "Verdict",
     "load_policy",

@@ -188,13 +188,14 @@ def decide(
 
 def _rule(policy: CompiledPolicy, plan: Plan, conditions: _Conditions, state: SessionState, now: float) -> Ruling:
     grant = next((rule for rule in plan.grants if conditions.holds(rule)), None)
-    if grant is None:
-        ungranted = _not_granted(plan)
-        if policy.default is Verdict.DENY:
-            return ungranted
+    ungranted = _not_granted(plan) if grant is None else None
     for rule in plan.denies:
         if conditions.holds(rule):
+            if ungranted is not None and policy.default is Verdict.DENY:  # both say no: cite both
+                return Ruling(Verdict.DENY, f"{rule.reason}; {ungranted.reason}", (rule.id, *ungranted.rule_ids))
             return Ruling(Verdict.DENY, rule.reason, (rule.id,))
+    if ungranted is not None and policy.default is Verdict.DENY:
+        return ungranted
     exhausted = _exhausted_limit(plan, state, now)
     if exhausted is not None:
         return exhausted
@@ -202,6 +203,7 @@ def _rule(policy: CompiledPolicy, plan: Plan, conditions: _Conditions, state: Se
     redacts = [rule for rule in plan.redacts if conditions.holds(rule)]
     fields = tuple(dict.fromkeys(f for rule in redacts for f in rule.redact))
     if grant is None:
+        ungranted = ungranted or _not_granted(plan)
         return _ask(ungranted.reason, ungranted.rule_ids, asks, fields)
     if asks:
         return _ask("; ".join(r.reason for r in asks), (), asks, fields)

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .approvals import ApprovalAnswer, ApprovalRequest, Approver
+from .approvals import ApprovalAnswer, ApprovalRequest, Approver, Unanswered
 from .audit.events import Kind, NewEvent
 from .audit.store import AuditStore
 from .classify import Classifier
@@ -336,6 +336,8 @@ class Session:
         else:
             try:
                 answer = approver.request_approval(request)
+            except Unanswered as exc:
+                why = str(exc)
             except Exception as exc:
                 log.exception("approver failed")
                 why = f"the approver failed: {type(exc).__name__}: {exc}"

@@ -29,7 +29,7 @@ from ..audit.store import AuditStore
 from ..errors import TetherError
 from ..redact import mask, preview
 from ..values import canonical_json, to_plain
-from . import FOR_SESSION, ONCE, ApprovalAnswer, ApprovalRequest
+from . import FOR_SESSION, ONCE, ApprovalAnswer, ApprovalRequest, Unanswered
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
 MAX_COMMENT = 2000
@@ -376,7 +376,10 @@ class QueueApprover:
         if answered is None or answered.answer is None:
             return None
         if answered.scope != FOR_SESSION and not self.queue.consume(answered.id):
-            return None  # another process applied this answer already: it must not run twice
+            raise Unanswered(  # another agent or process applied this answer: it must not run twice
+                f"the answer to request {answered.id} was already used by an identical call; "
+                "an approval runs one call once"
+            )
         return answered.answer
 
     def _wait(self, entry: Entry) -> Entry | None:

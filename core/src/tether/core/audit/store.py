@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine, make_url
 from ..errors import StoreError
 from ..keys import key_id, load_key
 from .chain import GENESIS, HASH_FORMAT, event_hash
-from .events import AuditEvent, NewEvent
+from .events import AuditEvent, Kind, NewEvent
 from .schema import SCHEMA_REVISION, VERSION_TABLE, events, meta, sensitive_values
 
 STORE_ENV = "TETHER_STORE"
@@ -227,6 +227,8 @@ class _Writer:
                     found = cursor.fetchone()
                     heads[e.session_id] = (found[0], found[1]) if found else (-1, GENESIS)
                 seq, prev_hash = heads[e.session_id]
+                if e.kind == Kind.SESSION and seq >= 0:
+                    continue  # another process started this session first
                 seq += 1
                 digest = event_hash(self._key, e, seq, prev_hash, log_prev)
                 rows.append(
@@ -252,7 +254,7 @@ class _Writer:
                 log_prev = digest
             if len(rows) == 1:  # the common case; executemany costs more for one row
                 cursor.execute(self._insert, rows[0])
-            else:
+            elif rows:
                 cursor.executemany(self._insert, rows)
             if self._sqlite:
                 cursor.execute("COMMIT")
