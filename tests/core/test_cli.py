@@ -37,7 +37,7 @@ def test_check_accepts_a_good_policy(workdir: Path) -> None:
     (workdir / "p.yaml").write_text(GOOD)
     code, out, _ = run("check", "p.yaml")
     assert code == 0
-    assert out.splitlines()[0] == "p.yaml: ok (1 agents, 2 tools, 0 rules, enforce mode, default deny)"
+    assert out.splitlines()[0] == "p.yaml: ok (1 agent, 2 tools, 0 rules, enforce mode, default deny)"
 
 
 def test_check_says_which_agents_may_receive_any_data(workdir: Path) -> None:
@@ -51,7 +51,9 @@ def test_check_rejects_a_broken_policy_with_line_numbers(workdir: Path) -> None:
     (workdir / "q.yaml").write_text(GOOD)
     code, out, err = run("check", "p.yaml", "q.yaml")
     assert code == 1
-    assert err == "p.yaml:13:9: agents.bot.tools.send_email.whne: unknown key 'whne' (did you mean 'when'?)\n"
+    assert err == (
+        "p.yaml:13:9: agents.bot.tools.send_email.whne: unknown key 'whne' (did you mean 'when'?)\np.yaml: 1 problem\n"
+    )
     assert out.startswith("q.yaml: ok")
 
 
@@ -194,3 +196,52 @@ def test_the_audit_is_searched_by_user_though_it_stores_no_user_id(workdir: Path
     code, out, _ = run("audit", "tail", "--user", "olaf")
     assert code == 0 and len(out.splitlines()) == 2 and "s2" in out and "s1" not in out
     assert "dana@customer.example" not in out
+
+
+EVERY_KIND_OF_PROBLEM = """\
+version: 1
+tools:
+  search: {effects: [read]}
+  refund: {effects: [money, sideways]}
+agents:
+  bot:
+    purpose: answer questions
+    owner: team@acme.example
+    tools:
+      search: allow
+      serach: allow
+      refund:
+        ask: args.amount >
+  helper:
+    purpose: help
+    tools:
+      refund: allow
+rules:
+  - id: no-mail
+    tools: [send_mail]
+    action: deny
+  - id: odd
+    reason: an odd rule
+    action: maybe
+    tools: [refnd]
+"""
+
+
+def test_check_reports_every_problem_in_one_run(workdir: Path) -> None:
+    (workdir / "p.yaml").write_text(EVERY_KIND_OF_PROBLEM)
+    code, out, err = run("check", "p.yaml")
+    assert code == 1 and out == ""
+    lines = err.splitlines()
+    expected = [
+        "p.yaml:4:29: tools.refund.effects[1]: Input should be",  # a schema error hides no reference error
+        "p.yaml:11:7: agents.bot.tools.serach: unknown tool 'serach' (did you mean 'search'?)",
+        "p.yaml:13:14: agents.bot.tools.refund.ask: condition does not compile",
+        "p.yaml:14:3: agents.helper.owner: required key 'owner' is missing",
+        "p.yaml:19:5: rules[0].reason: required key 'reason' is missing",
+        "p.yaml:20:13: rules[0].tools[0]: unknown tool 'send_mail'",
+        "p.yaml:24:13: rules[1].action:",
+        "p.yaml:25:13: rules[1].tools[0]: unknown tool 'refnd' (did you mean 'refund'?)",
+    ]
+    for want in expected:
+        assert any(line.startswith(want) for line in lines), (want, lines)
+    assert lines[-1] == "p.yaml: 8 problems"

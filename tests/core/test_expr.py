@@ -152,7 +152,10 @@ def test_each_runtime_runs_on_a_shared_activation_and_on_plain_variables(runtime
 @pytest.mark.skipif(engine().name != "cel-expr-python", reason="only the compiled runtime has an iteration budget")
 def test_runtime_limits_are_reported_for_what_they_are() -> None:
     loop = compile_condition("args.items.all(x, x > 0)")
-    for variables in ({"args": {"items": list(range(1, 100_000))}}, make_activation({"args": {"items": [1] * 100_000}})):
+    for variables in (
+        {"args": {"items": list(range(1, 100_000))}},
+        make_activation({"args": {"items": [1] * 100_000}}),
+    ):
         with pytest.raises(ConditionFailed) as failed:
             evaluate(loop, variables)
         message = str(failed.value)

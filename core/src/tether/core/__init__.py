@@ -20,13 +20,18 @@ from .audit import AuditEvent, AuditStore
 from .decision import Decision, Enforcement, ToolCall
 from .errors import PolicyError, PolicyIssue, StoreError, TetherError, ToolDenied, UnsupportedValueError
 from .guard import Guard, ModelRequest, Session
-from .policy import CompiledPolicy, Effect, Mode, Policy, Trust, Verdict, compile_policy, parse_policy, read_policy
-
-
-def load_policy(source: object) -> CompiledPolicy:
-    """Read, validate and compile a policy (a YAML path, a mapping or a :class:`Policy`)."""
-    return compile_policy(*read_policy(source))  # type: ignore[arg-type]
-
+from .policy import (
+    CompiledPolicy,
+    Effect,
+    Mode,
+    Policy,
+    Trust,
+    Verdict,
+    compile_policy,
+    load_policy,
+    parse_policy,
+    read_policy,
+)
 
 __all__ = [
     "ApprovalAnswer",
@@ -57,6 +62,8 @@ __all__ = [
     "Unanswered",
     "UnsupportedValueError",
     "Verdict",
+    "compile_policy",
     "load_policy",
     "parse_policy",
+    "read_policy",
 ]

@@ -19,12 +19,10 @@ from .audit import AuditStore, verify
 from .audit.render import session_lines, tail_line
 from .errors import PolicyError, TetherError
 from .inventory import inventory
-from .policy import compile_policy, read_policy
+from .policy import load_policy, read_policy
 from .redact import user_ref
 
-_USER = click.option(
-    "--user", help="Only events of sessions run for this user (the audit stores users fingerprinted)."
-)
+_USER = click.option("--user", help="Only events of sessions run for this user (the audit stores users fingerprinted).")
 _STORE = click.option(
     "--store",
     envvar="TETHER_STORE",
@@ -45,22 +43,27 @@ def check(policies: tuple[Path, ...]) -> None:
     failed = False
     for path in policies:
         try:
-            compiled = compile_policy(*read_policy(path))
+            compiled = load_policy(path)
         except PolicyError as exc:
             failed = True
             for issue in exc.issues:
                 click.echo(str(issue), err=True)
+            click.echo(f"{path}: {_count(len(exc.issues), 'problem')}", err=True)
             continue
         p = compiled.policy
         click.echo(
-            f"{path}: ok ({len(p.agents)} agents, {len(p.tools)} tools, {len(p.rules)} rules, "
-            f"{p.mode.value} mode, default {p.default})"
+            f"{path}: ok ({_count(len(p.agents), 'agent')}, {_count(len(p.tools), 'tool')}, "
+            f"{_count(len(p.rules), 'rule')}, {p.mode.value} mode, default {p.default})"
         )
         unlimited = sorted(name for name, agent in p.agents.items() if agent.data is None)
         if unlimited:
             click.echo(f"  note: no 'data' clearance, so they may receive any data class: {', '.join(unlimited)}")
     if failed:
         sys.exit(1)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 @main.command()

@@ -19,8 +19,7 @@ from .classify import Classifier
 from .decision import ERROR_RULE, Decision, Enforcement, Ruling, ToolCall, decide, redact_args
 from .errors import StoreError, TetherError, UnsupportedValueError
 from .keys import fingerprint
-from .policy.compile import CompiledPolicy, compile_policy
-from .policy.loader import read_policy
+from .policy.compile import CompiledPolicy, load_policy
 from .policy.schema import Mode, Policy, Trust, Verdict
 from .protect import Held, check_call, held_back, stricter
 from .provenance import content_values, fingerprints, reads_like_instructions, strings, trusted_parts
@@ -62,7 +61,7 @@ class Guard:
         approver: Approver | None = None,
         mode: Mode | str | None = None,
     ) -> None:
-        self.policy = policy if isinstance(policy, CompiledPolicy) else compile_policy(*read_policy(policy))
+        self.policy = policy if isinstance(policy, CompiledPolicy) else load_policy(policy)
         self.mode = Mode(mode) if mode is not None else self.policy.mode
         self.store = store if isinstance(store, AuditStore) else AuditStore(store)
         self.approver = approver
