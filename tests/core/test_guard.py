@@ -4,6 +4,7 @@ fail-closed behaviour, bad input, restarts and concurrency."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from tether.core import (
     ApprovalAnswer,
     ApprovalRequest,
     AuditStore,
+    Decision,
     Enforcement,
     Guard,
     QueueApprover,
@@ -218,6 +220,33 @@ def test_an_answer_from_elsewhere_settles_a_decision(guard: Guard, store: AuditS
     )
     assert session.settle(final, None) is final  # nothing to settle
     assert [e.verdict for e in store.session_events("ext") if e.kind == "approval"] == ["allow", "deny"]
+
+
+def test_an_answer_obtained_elsewhere_after_the_deadline_denies(store: AuditStore) -> None:
+    """A framework's own pause (LangGraph's interrupt) may be resumed at any time: an answer that
+    comes after the policy's approval timeout is no longer an approval."""
+    policy = policy_with(approvals={"timeout": "200ms"})
+    session = Guard(policy, store=store).session("bot", "late")
+    asked = session.before_tool("refund", {"amount": 120})
+    time.sleep(0.3)
+    late = session.settle(asked, ApprovalAnswer(True, "ops via chat"))
+    assert not late.allowed and "after the approval request expired" in late.reason
+    # The same in another process that rebuilds the decision from the audit, as a resumed graph does.
+    again = Guard(policy, store=AuditStore(store.url, key=KEY)).session("bot", "late")
+    rebuilt = Decision(asked.call, asked.verdict, asked.reason, asked.rule_ids, asked.args, event_id=asked.event_id)
+    assert not again.settle(rebuilt, ApprovalAnswer(True, "ops via chat")).allowed
+    in_time = session.before_tool("refund", {"amount": 130})
+    assert session.settle(in_time, ApprovalAnswer(True, "ops via chat")).allowed
+
+
+def test_an_approved_call_keeps_the_policys_redactions(guard: Guard) -> None:
+    policy = policy_with()
+    policy["agents"]["bot"]["tools"]["send_email"] = {"ask": True, "redact": ["bcc"]}
+    session = Guard(policy, store=guard.store).session("bot", "redact-ask")
+    asked = session.before_tool("send_email", {"to": "a@acme.example", "bcc": "spy@evil.example"})
+    assert asked.needs_approval
+    final = session.settle(asked, ApprovalAnswer(True, "alice"))
+    assert final.allowed and final.args["bcc"] == "[redacted by Tether]"
 
 
 def test_edited_arguments_are_rechecked(guard: Guard) -> None:

@@ -74,6 +74,7 @@ class Decision:
     approved_by: str | None = field(default=None)
     approvers: frozenset[str] | None = None  # who may approve, when approval is needed (None: anyone)
     for_session: bool = False  # whether an approver may approve such calls for the rest of the session
+    findings: tuple[str, ...] = ()  # what Tether's protections found, even where they let the call through
 
     @property
     def allowed(self) -> bool:

@@ -21,7 +21,7 @@ from .errors import StoreError, TetherError, UnsupportedValueError
 from .keys import fingerprint
 from .policy.compile import CompiledPolicy, load_policy
 from .policy.schema import Mode, Policy, Trust, Verdict
-from .protect import Held, check_call, held_back, stricter
+from .protect import Held, check_call, combine, held_back
 from .provenance import content_values, fingerprints, reads_like_instructions, strings, trusted_parts
 from .redact import Preview, mask, mask_values, preview, user_ref
 from .state import SessionState
@@ -176,7 +176,7 @@ class Session:
             self._load()
             if ruling is None:
                 ruling, findings = self._rule_on(call.tool, plain, now, shown.labels)
-            decision = self._decision(call, ruling)
+            decision = self._decision(call, ruling, findings)
             event = self._event(
                 Kind.TOOL_DECISION,
                 now,
@@ -218,7 +218,7 @@ class Session:
         if ruling.verdict is Verdict.DENY:
             return ruling, []
         protection, findings = check_call(policy, self._state, tool, plain, labels, self.guard.store.key)
-        return stricter(ruling, protection), findings
+        return combine(ruling, protection), findings
 
     def _readable(self, args: Mapping[str, Any]) -> tuple[dict[str, Plain], Ruling | None]:
         """Arguments as plain data, or a denial saying why Tether cannot read them."""
@@ -232,11 +232,11 @@ class Session:
             return {}, Ruling(Verdict.DENY, message, (ERROR_RULE,), error=message)
         return plain, None
 
-    def _decision(self, call: ToolCall, ruling: Ruling) -> Decision:
+    def _decision(self, call: ToolCall, ruling: Ruling, findings: Sequence[str] = ()) -> Decision:
         monitored = self.guard.mode is Mode.MONITOR
         args = call.args
-        if ruling.verdict is Verdict.REDACT and not monitored:
-            args = redact_args(call.args, ruling.redact)
+        if ruling.redact and ruling.verdict in (Verdict.REDACT, Verdict.ASK) and not monitored:
+            args = redact_args(call.args, ruling.redact)  # an approved call is redacted all the same
         return Decision(
             call,
             ruling.verdict,
@@ -249,6 +249,7 @@ class Session:
             self.guard.policy.approval_timeout,
             approvers=ruling.approvers,
             for_session=ruling.for_session,
+            findings=tuple(findings),
         )
 
     def _failed(self, call: ToolCall, message: str) -> Decision:
@@ -327,6 +328,7 @@ class Session:
             provenance=provenance,
             approvers=decision.approvers,
             for_session=decision.for_session,
+            findings=decision.findings,
         )
         answer: ApprovalAnswer | None = None
         why = f"no approval within {request.timeout:g}s"
@@ -349,10 +351,27 @@ class Session:
         if not decision.needs_approval:
             return decision
         try:
-            return self._settle(decision, answer, unanswered)
+            late = self._expired(decision) if answer is not None else None
+            return self._settle(decision, None if late else answer, late or unanswered)
         except Exception as exc:
             log.exception("Tether failed while settling an approval for %s", decision.call.tool)
             return self._failed(decision.call, f"Tether failed while settling the approval: {exc}")
+
+    def _expired(self, decision: Decision) -> str | None:
+        """Why an answer to ``decision`` comes too late, if it does: unanswered within the policy's
+        approval timeout means denied, however the answer arrives (a framework's pause may be
+        resumed days later, in another process)."""
+        timeout = decision.approval_timeout or self.guard.policy.approval_timeout
+        asked = next(
+            (e.ts_us / 1e6 for e in self.guard.store.session_events(self.id) if e.event_id == decision.event_id),
+            None,
+        )
+        if asked is None:
+            return "the decision that asked for approval is not in this session's audit"
+        late = time.time() - (asked + timeout)
+        if late > 0:
+            return f"the answer came {late:.1f}s after the approval request expired (timeout {timeout:g}s)"
+        return None
 
     def _settle(self, decision: Decision, answer: ApprovalAnswer | None, why: str) -> Decision:
         now = time.time()

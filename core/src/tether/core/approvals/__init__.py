@@ -33,6 +33,7 @@ class ApprovalRequest:
     provenance: tuple[Mapping[str, str], ...] = ()  # untrusted content that preceded it: {tool, event_id}
     approvers: frozenset[str] | None = None  # who may answer (None: anyone)
     for_session: bool = False  # whether it may be approved for the rest of the session
+    findings: tuple[str, ...] = ()  # what Tether's protections found in the call
 
 
 #: How far an approval reaches: this one call, or every call of this tool by this agent in the session.

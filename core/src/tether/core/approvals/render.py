@@ -43,6 +43,7 @@ def approval_details(entry: Entry, session_events: Sequence[AuditEvent]) -> list
         f"approvers {', '.join(entry.approvers) if entry.approvers is not None else 'anyone'}"
         + ("; may be approved for the rest of the session" if entry.for_session else ""),
     ]
+    lines += [f"found     {finding}" for finding in request.get("findings") or []]
     if request.get("labels"):
         lines.append(f"data seen {', '.join(request['labels'])}")
     by_id = {event.event_id: event for event in session_events}
