@@ -17,6 +17,7 @@ import pytest
 from tether.core import ApprovalError, ApprovalQueue, AuditStore, Guard, QueueApprover
 from tether.core.approvals.queue import Entry
 
+from ..support import read_line, wait_until
 from .conftest import KEY, policy_with
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,13 +41,8 @@ def queue(store: AuditStore) -> ApprovalQueue:
 
 
 def pending_one(queue: ApprovalQueue, timeout: float = 30) -> Entry:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        entries = queue.entries()
-        if entries:
-            return entries[0]
-        time.sleep(0.05)
-    raise AssertionError("no approval request appeared")
+    entries: list[Entry] = wait_until(queue.entries, timeout, "a pending approval request")
+    return entries[0]
 
 
 def in_background(fn: Any, *args: Any) -> tuple[threading.Thread, list[Any]]:
@@ -238,9 +234,7 @@ def test_a_twin_call_waiting_on_an_answer_already_used_says_so(store: AuditStore
     one = in_background(first.resolve, first.before_tool("send_email", {"to": "a@acme.example"}))
     entry = pending_one(queue)
     two = in_background(second.resolve, second.before_tool("send_email", {"to": "a@acme.example"}))
-    deadline = time.monotonic() + 30
-    while len(store.session_events("twin")) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)  # both decisions recorded: the second waits on the same request
+    wait_until(lambda: len(store.session_events("twin")) == 3, 30, "both decisions")  # both wait on one request
     queue.answer(entry.id, approved=True, by="olga")
     for thread, _ in (one, two):
         thread.join(30)
@@ -427,9 +421,7 @@ def test_a_webhook_is_delivered_with_retries(store: AuditStore) -> None:
     guard = Guard(approval_policy("1s"), store=store, approver=QueueApprover(store, notify=[webhook]))
     session = guard.session("bot", "hook")
     session.resolve(session.before_tool("send_email", {"to": "a@acme.example"}))
-    deadline = time.monotonic() + 10
-    while not received and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: received, 10, "the webhook's delivery")
     server.shutdown()
     assert len(received) == 1 and failures == [0]
     hook = received[0]
@@ -466,15 +458,17 @@ def test_tether_serve_starts_and_requires_sign_in(store: AuditStore) -> None:
     )
     try:
         assert server.stdout is not None
-        line = server.stdout.readline()
+        line = read_line(server.stdout, 60)
         assert line.startswith("approvals: http://127.0.0.1:")
         url = line.split()[1]
-        opener = urllib.request.build_opener(urllib.request.HTTPRedirectHandler())
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())  # a browser keeps cookies
         page = opener.open(url, timeout=10)
-        assert page.url.endswith("/login") and b"Sign in to Tether approvals" in page.read()
+        text = page.read().decode()
+        assert page.url.endswith("/login") and "Sign in to Tether approvals" in text
         assert page.headers["Content-Security-Policy"].startswith("default-src 'none'")
+        csrf = text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
         with pytest.raises(urllib.error.HTTPError) as refused:
-            opener.open(url + "login", data=b"token=wrong&name=eve", timeout=10)
+            opener.open(url + "login", data=f"token=wrong&name=eve&csrf={csrf}".encode(), timeout=10)
         assert refused.value.code == 401
     finally:
         server.terminate()
@@ -484,5 +478,6 @@ def test_tether_serve_starts_and_requires_sign_in(store: AuditStore) -> None:
         capture_output=True,
         text=True,
         env=env,
+        timeout=60,
     )
     assert too_short.returncode == 1 and "at least 16 characters" in too_short.stderr
