@@ -11,6 +11,8 @@ from pathlib import Path
 from tether.core import AuditStore
 from tether.core.approvals.queue import ApprovalQueue
 
+from ..support import read_line
+
 EXAMPLE = Path(__file__).parents[2] / "examples" / "ag2_support_agent.py"
 
 
@@ -43,7 +45,7 @@ def test_example_refund_approved_from_another_process(tmp_path: Path) -> None:
     process = start(tmp_path, "5m")
     try:
         assert process.stdout is not None
-        first = process.stdout.readline()  # printed once the example's store is ready
+        first = read_line(process.stdout, 240)  # printed once the example's store is ready
         assert "audit store" in first
         store = AuditStore(f"sqlite:///{tmp_path / '.tether' / 'tether.db'}")
         deadline = time.monotonic() + 240

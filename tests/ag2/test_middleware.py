@@ -14,6 +14,7 @@ from tether.ag2 import TetherMiddleware, guard_agent
 from tether.core import AuditStore, Guard, QueueApprover, StoreError
 from tether.core.approvals.queue import ApprovalQueue
 
+from ..support import await_until
 from .conftest import (
     POLICY,
     Tools,
@@ -423,8 +424,7 @@ def test_a_pending_approval_does_not_hold_up_other_runs(guard: Guard, tools: Too
         guard_agent(waiting, guard)
         guard_agent(other, guard)
         first = asyncio.ensure_future(waiting.ask("refund A1"))
-        while not queue.entries():  # the refund is waiting for a person
-            await asyncio.sleep(0.01)
+        await await_until(queue.entries, 60, "the refund waiting for a person")
         await other.ask("where is B2?")
         await first
 

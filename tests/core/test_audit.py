@@ -18,6 +18,7 @@ from tether.core import AuditStore, Guard, StoreError
 from tether.core.audit import verify
 from tether.core.audit.schema import events
 
+from ..support import read_line
 from .conftest import BASE_POLICY, KEY
 
 
@@ -149,7 +150,7 @@ def test_a_killed_process_loses_no_decision_it_returned(store_url: str, tmp_path
     returned = []
     deadline = time.monotonic() + 60
     while len(returned) < 300 and time.monotonic() < deadline:
-        returned.append(child.stdout.readline().strip())
+        returned.append(read_line(child.stdout, deadline - time.monotonic()).strip())
     os.kill(child.pid, signal.SIGKILL)  # mid-write, most likely: it writes continuously
     child.wait()
     assert len(returned) == 300
