@@ -23,7 +23,7 @@ from .conftest import KEY, policy_with
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def approval_policy(timeout: str = "20s") -> dict[str, Any]:
+def approval_policy(timeout: str = "120s") -> dict[str, Any]:  # answered long before; slow machines need room
     policy = policy_with(approvals={"timeout": timeout, "groups": {"finance": ["alice", "bob"], "ops": ["olga"]}})
     policy["agents"]["bot"]["tools"]["refund"] = {
         "when": "args.amount <= 500",
@@ -80,7 +80,7 @@ AGENT = textwrap.dedent(
 )
 
 
-def agent_process(store_url: str, session_id: str, ran: Path, timeout: str = "20s") -> subprocess.Popen[str]:
+def agent_process(store_url: str, session_id: str, ran: Path, timeout: str = "120s") -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", AGENT, store_url, session_id, str(ran), timeout],
         stdout=subprocess.PIPE,

@@ -91,7 +91,7 @@ def test_audit_commands_on_a_real_store(workdir: Path) -> None:
     code, out, err = run("audit", "verify")
     assert code == 1
     assert "TAMPERED: event 4 (session 's1' #3, tool.decision) was edited" in err
-    assert "FAILED (1 problems)" in out
+    assert "FAILED (1 problem)" in out
 
 
 def test_agents_lists_policy_and_observed_agents_with_findings(workdir: Path) -> None:

@@ -16,6 +16,8 @@ from .approvals.queue import PENDING, ApprovalQueue
 from .approvals.render import approval_details, approval_line
 from .approvals.terminal import whoami
 from .audit import AuditStore, verify
+from .audit.checkpoints import head_of
+from .audit.checkpoints import read_file as read_checkpoints
 from .audit.render import session_lines, tail_line
 from .errors import PolicyError, TetherError
 from .inventory import inventory
@@ -140,17 +142,57 @@ def show(session_id: str, store: str | None) -> None:
 
 @audit.command(name="verify")
 @_STORE
-def verify_command(store: str | None) -> None:
-    """Check the hash chains; name every edited, missing or reordered event. Exit 1 if any."""
+@click.option(
+    "--against",
+    "against",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also check against the checkpoint(s) in FILE (from `tether audit checkpoint -o`). Repeatable.",
+)
+def verify_command(store: str | None, against: tuple[Path, ...]) -> None:
+    """Check the hash chains, and the log against its newest checkpoint; name every edited,
+    missing or reordered event, and a cut, wiped or rolled-back log. Exit 1 if any."""
     audit_store = _open(store)
-    report = verify(audit_store.key, audit_store.events())
+    try:
+        anchors = [c for path in against for c in read_checkpoints(path)]
+        newest = audit_store.checkpoints.newest()
+    except TetherError as exc:
+        raise click.ClickException(str(exc)) from None
+    if newest is not None:
+        anchors.append(newest)
+    report = verify(audit_store.key, audit_store.events(), anchors)
     for problem in report.problems:
         click.echo(f"TAMPERED: {problem.message}", err=True)
-    status = "ok" if report.ok else f"FAILED ({len(report.problems)} problems)"
-    click.echo(f"{audit_store.location}: {report.events} events in {report.sessions} sessions: {status}")
-    click.echo(f"head {report.head}  (record it elsewhere to detect a later cut of the newest events)")
+    status = "ok" if report.ok else f"FAILED ({_count(len(report.problems), 'problem')})"
+    click.echo(
+        f"{audit_store.location}: {_count(report.events, 'event')} in {_count(report.sessions, 'session')}: {status}"
+    )
+    if anchors:
+        click.echo(f"checked against {_count(len(anchors), 'checkpoint')}, the newest of {anchors[-1].when()}")
+    else:
+        click.echo("no checkpoint yet: a cut of the newest events cannot be detected (see `tether audit checkpoint`)")
     if not report.ok:
         sys.exit(1)
+
+
+@audit.command(name="checkpoint")
+@_STORE
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write it to FILE, to keep elsewhere."
+)
+def checkpoint_command(store: str | None, output: Path | None) -> None:
+    """Record the log's head now, signed with the store's key, where the store keeps checkpoints
+    (and in FILE). Refused if the log no longer holds the head recorded before."""
+    audit_store = _open(store)
+    try:
+        checkpoint = audit_store.checkpoints.write() if audit_store.checkpoints.sinks else head_of(audit_store)
+    except TetherError as exc:
+        raise click.ClickException(str(exc)) from None
+    if output is not None:
+        output.write_text(checkpoint.to_json() + "\n", encoding="utf-8")
+    places = [s.where for s in audit_store.checkpoints.sinks] + ([str(output)] if output else [])
+    click.echo(f"checkpoint of {audit_store.location}: event {checkpoint.last_id}, head {checkpoint.head}")
+    click.echo(f"kept in: {', '.join(places) or 'nowhere (give -o FILE)'}")
 
 
 @audit.command()

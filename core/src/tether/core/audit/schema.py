@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 
 #: The newest migration; a store at this revision needs no upgrade.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0005"
 VERSION_TABLE = "tether_alembic_version"
 
 metadata = MetaData()
@@ -76,4 +76,13 @@ sensitive_values = Table(
     Column("tenant", String(255), nullable=False),  # "" for none
     Column("kind", String(64), nullable=False),
     Column("first_seen_us", BigInteger, nullable=False),
+)
+
+checkpoints = Table(
+    "tether_checkpoints",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("ts_us", BigInteger, nullable=False),
+    Column("last_id", BigInteger, nullable=False),  # the head's row id in the log it checkpoints
+    Column("body", Text, nullable=False),  # the signed checkpoint, as JSON
 )

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine, make_url
 from ..errors import StoreError
 from ..keys import key_id, load_key
 from .chain import GENESIS, HASH_FORMAT, event_hash
+from .checkpoints import Checkpoints, sinks_for
 from .events import AuditEvent, Kind, NewEvent
 from .schema import SCHEMA_REVISION, VERSION_TABLE, events, meta, sensitive_values
 
@@ -330,8 +331,16 @@ class SessionSummary:
 class AuditStore:
     """Where audit events live. ``url`` is a SQLAlchemy URL; the default is a local SQLite file."""
 
-    def __init__(self, url: str | None = None, *, key: bytes | None = None, create: bool = True) -> None:
-        """Open (and with ``create``, make) the store at ``url``."""
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        key: bytes | None = None,
+        create: bool = True,
+        checkpoints: Sequence[str] | None = None,
+    ) -> None:
+        """Open (and with ``create``, make) the store at ``url``. ``checkpoints``: where to keep
+        checkpoints of the log's head (see :mod:`tether.core.audit.checkpoints`)."""
         self.url = url or default_store_url()
         if not create and self._missing():
             raise StoreError(
@@ -347,6 +356,7 @@ class AuditStore:
             raise StoreError(f"cannot open the audit store {self.location}: {exc}") from exc
         self._writer = _Writer(self.engine, self.key)
         self._commit = _GroupCommit(self._writer.write)
+        self.checkpoints = Checkpoints(self, sinks_for(self, checkpoints))
         self._checkpointer: _Checkpointer | None = None
         database = make_url(self.url).database
         if self.engine.dialect.name == "sqlite" and database and database != ":memory:":
@@ -399,6 +409,7 @@ class AuditStore:
     def append(self, batch: Sequence[NewEvent]) -> None:
         """Write ``batch``; return once it is committed. Raise :class:`StoreError` if it is not."""
         self._commit.submit(batch)
+        self.checkpoints.written(len(batch))
 
     def session_events(self, session_id: str) -> list[AuditEvent]:
         query = sa.select(events).where(events.c.session_id == session_id).order_by(events.c.seq)
@@ -477,6 +488,7 @@ class AuditStore:
             raise StoreError(f"cannot read the audit store {self.location}: {exc}") from exc
 
     def close(self) -> None:
+        self.checkpoints.close()
         if self._checkpointer is not None:
             self._checkpointer.stop()
         self._writer.close()
