@@ -6,15 +6,16 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from tether.core import AuditStore, Guard
+from tether.core import ApprovalQueue, AuditStore, Guard
 from tether.core.audit.schema import events
 from tether.core.cli import main
 
-from .conftest import BASE_POLICY
+from .conftest import BASE_POLICY, policy_with
 from .test_policy_loader import GOOD
 
 
@@ -245,3 +246,61 @@ def test_check_reports_every_problem_in_one_run(workdir: Path) -> None:
     for want in expected:
         assert any(line.startswith(want) for line in lines), (want, lines)
     assert lines[-1] == "p.yaml: 8 problems"
+
+
+def test_version(workdir: Path) -> None:
+    code, out, _ = run("--version")
+    assert code == 0 and out.startswith("tether, version ")
+
+
+def test_tail_lines_up_its_columns_and_names_each_rule_once(workdir: Path) -> None:
+    guard = Guard(BASE_POLICY)
+    guard.session("bot", "a-much-longer-session-id").before_tool("search", {"q": "x"})
+    guard.session("intruder", "s2").before_tool("search", {})
+    guard.close()
+    code, out, _ = run("audit", "tail")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 4
+    starts = {line.index(word) for line in lines for word in ("session started", "ALLOW", "DENY") if word in line}
+    assert len(starts) == 1, out  # the summaries start in one column
+    allowed = next(line for line in lines if "ALLOW" in line)
+    assert allowed.count("agents.bot.tools.search") == 1, allowed  # not repeated in brackets
+    assert "[default]" in next(line for line in lines if "DENY" in line)  # a rule the reason does not name
+
+
+def test_approvals_list_marks_what_it_cuts(workdir: Path) -> None:
+    policy = policy_with(approvals={"timeout": "60s"})
+    policy["agents"]["bot"]["tools"]["send_email"] = {"ask": True, "reason": "a long reason " * 20}
+    store = AuditStore()
+    session = Guard(policy, store=store).session("bot", "s1")
+    decision = session.before_tool("send_email", {"to": "a@acme.example"})
+    ApprovalQueue(store).submit(session_request(session, decision))
+    store.close()
+    code, out, _ = run("approvals", "list")
+    assert code == 0 and out.rstrip().endswith("…") and len(out.splitlines()[0]) < 160
+
+
+def session_request(session: Any, decision: Any) -> Any:
+    from tether.core import ApprovalRequest
+
+    return ApprovalRequest(
+        decision.event_id, session.agent, session.id, None, None, decision.call.tool, {}, decision.reason, (), 60
+    )
+
+
+def test_the_demo_tells_how_to_explore_the_store_it_used(workdir: Path) -> None:
+    url = f"sqlite:///{workdir / 'elsewhere.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "tether.core.cli", "demo", "--timeout", "0.2", "--store", url],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr
+    explore = next(line for line in result.stdout.splitlines() if line.startswith("Explore:"))
+    assert f"tether audit verify --store {url}" in explore
+    assert "site-packages" not in explore and "tether agents --policy" in explore
+    policy = explore.split("--policy ", 1)[1].split()[0]
+    assert (workdir / policy).exists()  # a copy the user can read and edit, where they are

@@ -13,12 +13,12 @@ import click
 
 from .approvals import FOR_SESSION, ONCE
 from .approvals.queue import PENDING, ApprovalQueue
-from .approvals.render import approval_details, approval_line
+from .approvals.render import approval_details, approval_lines
 from .approvals.terminal import whoami
 from .audit import AuditStore, verify
 from .audit.checkpoints import head_of
 from .audit.checkpoints import read_file as read_checkpoints
-from .audit.render import session_lines, tail_line
+from .audit.render import session_lines, tail_lines
 from .errors import PolicyError, TetherError
 from .inventory import inventory
 from .policy import load_policy, read_policy
@@ -34,6 +34,7 @@ _STORE = click.option(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tether", prog_name="tether")
 def main() -> None:
     """Tether: runtime security for what AI agents do."""
 
@@ -117,14 +118,15 @@ def tail(store: str | None, lines: int, follow: bool, user: str | None) -> None:
     audit_store = _open(store)
     ref = user_ref(audit_store.key, user) if user else None
     last_id = 0
-    for event in audit_store.events(last=lines, user=ref):
-        click.echo(tail_line(event))
-        last_id = event.id
-    while follow:
+    batch = list(audit_store.events(last=lines, user=ref))
+    while True:
+        for line in tail_lines(batch):
+            click.echo(line)
+        last_id = batch[-1].id if batch else last_id
+        if not follow:
+            return
         time.sleep(0.5)
-        for event in audit_store.events(after_id=last_id, user=ref):
-            click.echo(tail_line(event))
-            last_id = event.id
+        batch = list(audit_store.events(after_id=last_id, user=ref))
 
 
 @audit.command()
@@ -222,8 +224,8 @@ def approvals_list(store: str | None, everything: bool) -> None:
     entries = ApprovalQueue(_open(store)).entries(status=None if everything else PENDING)
     if not entries:
         click.echo("no pending approval requests" if not everything else "no approval requests")
-    for entry in entries:
-        click.echo(approval_line(entry))
+    for line in approval_lines(entries):
+        click.echo(line)
 
 
 @approvals.command(name="show")
