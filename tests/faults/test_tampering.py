@@ -147,3 +147,47 @@ def forget_default_checkpoints(url: str) -> None:
             connection.execute(checkpoint_table.delete())
     store.checkpoints.sinks = []
     store.close()
+
+
+def test_an_auditor_without_the_key_checks_an_export_against_a_signed_checkpoint(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    private = ed25519.Ed25519PrivateKey.generate()
+    (tmp_path / "signing.pem").write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    public = tmp_path / "signing.pub.pem"
+    public.write_bytes(
+        private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    monkeypatch.setenv("TETHER_SIGNING_KEY", str(tmp_path / "signing.pem"))
+    fill(sqlite_url)
+    anchor, export = tmp_path / "anchor.json", tmp_path / "audit.jsonl"
+    monkeypatch.setenv("TETHER_KEY", KEY.decode())
+    for command in (["checkpoint", "-o", str(anchor)], ["export", "-o", str(export)]):
+        result = CliRunner().invoke(main, ["audit", *command, "--store", sqlite_url])
+        assert result.exit_code == 0, result.output
+    monkeypatch.delenv("TETHER_KEY")  # the auditor has the export, the checkpoint and the public key
+
+    def audit(*extra: str) -> tuple[int, str]:
+        result = CliRunner().invoke(
+            main, ["audit", "verify", "--export", str(export), "--against", str(anchor), *extra]
+        )
+        return result.exit_code, result.output
+
+    code, out = audit("--public-key", str(public))
+    assert code == 0 and "contents not checked (no key)" in out, out
+    code, out = audit()
+    assert code == 1 and "give --public-key" in out
+    export.write_text("".join(export.read_text().splitlines(keepends=True)[:-3]))  # the newest events cut
+    code, out = audit("--public-key", str(public))
+    assert code == 1 and "newest events were cut" in out
+    other = ed25519.Ed25519PrivateKey.generate().public_key()
+    public.write_bytes(other.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    code, out = audit("--public-key", str(public))
+    assert code == 1 and "valid signature" in out

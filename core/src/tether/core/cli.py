@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sys
 import time
@@ -18,11 +19,15 @@ from .approvals.terminal import whoami
 from .audit import AuditStore, verify
 from .audit.checkpoints import head_of
 from .audit.checkpoints import read_file as read_checkpoints
+from .audit.events import AuditEvent
 from .audit.render import session_lines, tail_lines
+from .audit.signing import public_key_from_pem
 from .errors import PolicyError, TetherError
 from .inventory import inventory
+from .keys import KEY_ENV
 from .policy import load_policy, read_policy
 from .redact import user_ref
+from .values import canonical_json
 
 _USER = click.option("--user", help="Only events of sessions run for this user (the audit stores users fingerprinted).")
 _STORE = click.option(
@@ -151,30 +156,67 @@ def show(session_id: str, store: str | None) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also check against the checkpoint(s) in FILE (from `tether audit checkpoint -o`). Repeatable.",
 )
-def verify_command(store: str | None, against: tuple[Path, ...]) -> None:
+@click.option(
+    "--public-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Check the checkpoints' Ed25519 signatures with this public key (PEM).",
+)
+@click.option(
+    "--export",
+    "export_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Verify this export (`tether audit export`) instead of a store; with --public-key, no key is needed.",
+)
+def verify_command(
+    store: str | None, against: tuple[Path, ...], public_key: Path | None, export_file: Path | None
+) -> None:
     """Check the hash chains, and the log against its newest checkpoint; name every edited,
     missing or reordered event, and a cut, wiped or rolled-back log. Exit 1 if any."""
-    audit_store = _open(store)
     try:
         anchors = [c for path in against for c in read_checkpoints(path)]
-        newest = audit_store.checkpoints.newest()
-    except TetherError as exc:
+        signer = public_key_from_pem(public_key.read_bytes()) if public_key else None
+        if export_file is not None:
+            location, rows, key = str(export_file), _exported(export_file), _environment_key()
+            if key is None and signer is None:
+                raise click.ClickException("without TETHER_KEY, give --public-key to check the checkpoints")
+        else:
+            audit_store = _open(store)
+            location, rows, key = audit_store.location, list(audit_store.events()), audit_store.key
+            newest = audit_store.checkpoints.newest()
+            anchors += [newest] if newest is not None else []
+        report = verify(key, rows, anchors, public_key=signer)
+    except (TetherError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
-    if newest is not None:
-        anchors.append(newest)
-    report = verify(audit_store.key, audit_store.events(), anchors)
     for problem in report.problems:
         click.echo(f"TAMPERED: {problem.message}", err=True)
     status = "ok" if report.ok else f"FAILED ({_count(len(report.problems), 'problem')})"
-    click.echo(
-        f"{audit_store.location}: {_count(report.events, 'event')} in {_count(report.sessions, 'session')}: {status}"
-    )
+    click.echo(f"{location}: {_count(report.events, 'event')} in {_count(report.sessions, 'session')}: {status}")
+    if not report.content_checked:
+        click.echo("events' contents not checked (no key): only the links between them and the checkpoints")
     if anchors:
         click.echo(f"checked against {_count(len(anchors), 'checkpoint')}, the newest of {anchors[-1].when()}")
     else:
         click.echo("no checkpoint yet: a cut of the newest events cannot be detected (see `tether audit checkpoint`)")
     if not report.ok:
         sys.exit(1)
+
+
+def _exported(path: Path) -> list[AuditEvent]:
+    """Events from a `tether audit export` file, as they were stored."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            fields = json.loads(line)
+            details = fields.pop("details")
+            rows.append(AuditEvent(**fields, data=canonical_json(details)))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise click.ClickException(f"{path}:{number}: not an exported event ({exc})") from None
+    return rows
+
+
+def _environment_key() -> bytes | None:
+    configured = os.environ.get(KEY_ENV)
+    return configured.encode() if configured else None
 
 
 @audit.command(name="checkpoint")

@@ -40,6 +40,7 @@ from ..keys import key_id, mac_key
 from .chain import GENESIS
 from .schema import checkpoints as table
 from .schema import events
+from .signing import Signer, signer_from_environment, valid_signature
 
 if TYPE_CHECKING:
     from .store import AuditStore
@@ -65,18 +66,27 @@ class Checkpoint:
     head: str  # that event's hash
     event_id: str  # and its event id
     format: str = FORMAT
-    mac: str = ""
+    public_key: str = ""  # Ed25519 (hex), when the store signs its checkpoints (tether[signing])
+    mac: str = ""  # keyed with the store's key
+    signature: str = ""  # Ed25519, over the same body as the MAC
 
     def body(self) -> bytes:
         fields = asdict(self)
         fields.pop("mac")
+        fields.pop("signature")
         return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
-    def signed(self, key: bytes) -> Checkpoint:
-        return replace(self, mac=_mac(key, self.body()))
+    def signed(self, key: bytes, signer: Signer | None = None) -> Checkpoint:
+        checkpoint = replace(self, public_key=signer.public_key) if signer else self
+        body = checkpoint.body()
+        return replace(checkpoint, mac=_mac(key, body), signature=signer.sign(body) if signer else "")
 
     def authentic(self, key: bytes) -> bool:
         return self.format == FORMAT and self.key_id == key_id(key) and self.mac == _mac(key, self.body())
+
+    def signed_by(self, public_key: str) -> bool:
+        """Whether the checkpoint carries a valid Ed25519 signature by ``public_key`` (hex)."""
+        return bool(self.signature) and valid_signature(public_key, self.body(), self.signature)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -245,6 +255,7 @@ class Checkpoints:
         self._unrecorded = 0  # events written since the last checkpoint
         self._thread: threading.Thread | None = None
         self.broken: str | None = None  # why checkpoints stopped: the log lost a recorded head
+        self.signer = signer_from_environment() if self.sinks else None
 
     def written(self, count: int) -> None:
         """The store committed ``count`` events (the hook the store calls; never raises)."""
@@ -281,7 +292,7 @@ class Checkpoints:
             raise StoreError("no place is configured for checkpoints of this store")
         with self._lock:
             self._unrecorded = 0
-        checkpoint = head_of(self.store)
+        checkpoint = head_of(self.store, self.signer)
         previous = self.newest()
         if previous is not None:
             self._check_continuity(previous)
@@ -339,7 +350,7 @@ def _newest(sink: Sink) -> Checkpoint | None:
         return None
 
 
-def head_of(store: AuditStore) -> Checkpoint:
+def head_of(store: AuditStore, signer: Signer | None = None) -> Checkpoint:
     """A signed checkpoint of ``store``'s log as it is now."""
     query = sa.select(events.c.id, events.c.hash, events.c.event_id).order_by(events.c.id.desc()).limit(1)
     try:
@@ -349,7 +360,7 @@ def head_of(store: AuditStore) -> Checkpoint:
         raise StoreError(f"cannot read the head of {store.location}: {exc}") from exc
     last_id, head, event_id = (row[0], row[1], row[2]) if row else (0, GENESIS, "")
     checkpoint = Checkpoint(store.location, key_id(store.key), time.time_ns() // 1000, last_id, head, event_id)
-    return checkpoint.signed(store.key)
+    return checkpoint.signed(store.key, signer)
 
 
 def _hash_at(store: AuditStore, row_id: int) -> str | None:

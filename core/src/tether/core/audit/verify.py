@@ -29,16 +29,25 @@ class Report:
     last_id: int = 0  # its row id
     problems: list[Problem] = field(default_factory=list)
     checkpoints: int = 0  # how many checkpoints the log was checked against
+    content_checked: bool = True  # False without the key: links and checkpoints only
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def verify(key: bytes, rows: Iterable[AuditEvent], checkpoints: Sequence[Checkpoint] = ()) -> Report:
+def verify(
+    key: bytes | None,
+    rows: Iterable[AuditEvent],
+    checkpoints: Sequence[Checkpoint] = (),
+    *,
+    public_key: str | None = None,
+) -> Report:
     """Walk the log oldest first and report every break in either chain, and every checkpoint
-    whose head the log does not reach."""
-    report = Report(checkpoints=len(checkpoints))
+    whose head the log does not reach. Checkpoints are checked with ``key``, and with the Ed25519
+    ``public_key`` (hex) when given. Without ``key`` (an auditor holding an export and a public
+    key), events' contents cannot be checked: only the links between them and the checkpoints."""
+    report = Report(checkpoints=len(checkpoints), content_checked=key is not None)
     log_prev = GENESIS
     sessions: dict[str, tuple[int, str]] = {}  # session -> (last seq seen, its hash)
     heads = {c.last_id: c for c in checkpoints if c.last_id}
@@ -51,7 +60,7 @@ def verify(key: bytes, rows: Iterable[AuditEvent], checkpoints: Sequence[Checkpo
             if heads[event.id].head != event.hash:
                 report.problems.append(_diverged(heads[event.id], event))
         where = f"event {event.id} (session {event.session_id!r} #{event.seq}, {event.kind})"
-        if event_hash(key, event, event.seq, event.prev_hash, event.log_prev) != event.hash:
+        if key is not None and event_hash(key, event, event.seq, event.prev_hash, event.log_prev) != event.hash:
             report.problems.append(
                 _problem("edited", f"{where} was edited: its content does not match its hash", event)
             )
@@ -78,15 +87,21 @@ def verify(key: bytes, rows: Iterable[AuditEvent], checkpoints: Sequence[Checkpo
     report.sessions = len(sessions)
     report.head = log_prev
     for checkpoint in checkpoints:
-        report.problems += _against(key, checkpoint, report, reached)
+        report.problems += _against(key, public_key, checkpoint, report, reached)
     return report
 
 
-def _against(key: bytes, checkpoint: Checkpoint, report: Report, reached: set[int]) -> list[Problem]:
+def _against(
+    key: bytes | None, public_key: str | None, checkpoint: Checkpoint, report: Report, reached: set[int]
+) -> list[Problem]:
     """What the log lacks that ``checkpoint`` recorded."""
     made = f"the checkpoint of {checkpoint.when()}"
-    if not checkpoint.authentic(key):
+    if key is not None and not checkpoint.authentic(key):
         return [Problem("forged", f"{made} does not verify with this store's key: forged, or of another store")]
+    if public_key is not None and not checkpoint.signed_by(public_key):
+        return [Problem("forged", f"{made} does not carry a valid signature by the given public key")]
+    if key is None and public_key is None:
+        return [Problem("forged", f"{made} cannot be checked without the store's key or a public key")]
     if not checkpoint.last_id or checkpoint.last_id in reached:
         return []
     recorded = f"{made} recorded the log up to event {checkpoint.last_id} (hash {checkpoint.head[:16]}…)"
