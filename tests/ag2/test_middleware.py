@@ -97,7 +97,7 @@ def test_untrusted_output_taints_the_session_and_the_exfiltration_waits_for_a_pe
     assert "pii" in result.details["labels"]
     decision = events(guard, "tool.decision")[1]
     assert decision.verdict == "ask"
-    assert decision.details["rule_ids"] == ["external-after-untrusted"]
+    assert decision.details["rule_ids"][0] == "external-after-untrusted"  # and the protections that fired too
     assert "no approval within 1s" in model_saw(config)
 
 
