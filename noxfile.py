@@ -1,10 +1,13 @@
 """Developer tasks. `nox` runs lint, typecheck and the test suite; `nox -l` lists sessions.
 
 PostgreSQL tests run when TETHER_TEST_POSTGRES_URL is set (CI sets it), and skip otherwise.
+On CI (``CI`` set) every session runs: an interpreter or framework that cannot be found fails
+the run instead of being skipped.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -23,7 +26,12 @@ def _runs(python: str) -> bool:
     return found is not None and subprocess.run([found, "-c", "pass"], capture_output=True).returncode == 0
 
 
-if _runs("python3.10"):  # the oldest Python we support, and the one with the pure-Python CEL runtime
+CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+if CI:
+    nox.options.error_on_missing_interpreters = True
+# The oldest Python we support, and the one with the pure-Python CEL runtime: always on CI (where
+# a missing 3.10 is an error), and wherever it is installed.
+if CI or _runs("python3.10"):
     nox.options.sessions.append("core-3.10")
 
 
@@ -42,9 +50,10 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def core(session: nox.Session) -> None:
-    """The core's tests on SQLite, and on PostgreSQL when TETHER_TEST_POSTGRES_URL is set."""
+    """The core's tests and the fault suite, on SQLite, and on PostgreSQL when
+    TETHER_TEST_POSTGRES_URL is set."""
     session.install(*nox.project.dependency_groups(PYPROJECT, "test"), "-e", "./core")
-    session.run("pytest", "tests/core", *session.posargs)
+    session.run("pytest", "tests/core", "tests/faults", *session.posargs)
 
 
 @nox.session(name="core-3.10", python="3.10")

@@ -1,16 +1,80 @@
-"""Helpers the adapters' tests share: a person answering the approval queue, an example run."""
+"""Helpers the tests share: a person answering the approval queue, an example run, bounded
+waits and reads (a test that waits must fail, not hang), and importing a framework."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import IO, Any, TypeVar
+
+import pytest
 
 from tether.core import AuditStore
 from tether.core.approvals.queue import ApprovalQueue, Entry
+
+T = TypeVar("T")
+
+
+def in_ci() -> bool:
+    """Whether the tests run in CI (``CI`` set, as CI services and ``.ci/run`` do)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require(module: str, reason: str | None = None) -> ModuleType:
+    """Import a framework the tests of a folder need. Where it is missing the tests are skipped,
+    saying so; in CI a missing framework is a broken install, and fails the run instead."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        why = reason or f"these tests need {module!r} ({exc})"
+        if in_ci():
+            pytest.fail(f"{why}; CI installs it, so its absence is an error", pytrace=False)
+        pytest.skip(why, allow_module_level=True)
+
+
+def wait_until(check: Callable[[], T], timeout: float, what: str, *, every: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy; fail (saying ``what``) after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout:g}s")
+        time.sleep(every)
+
+
+async def await_until(check: Callable[[], Any], timeout: float, what: str, *, every: float = 0.01) -> Any:
+    """:func:`wait_until` for an event loop: sleeps without blocking it."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout:g}s")
+        await asyncio.sleep(every)
+    return found
+
+
+def read_line(stream: IO[str], timeout: float) -> str:
+    """The next line a child process prints; fail after ``timeout`` s instead of blocking forever."""
+    line: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        line.append(stream.readline())
+        done.set()
+
+    threading.Thread(target=read, name="read-line", daemon=True).start()
+    if not done.wait(timeout):
+        raise AssertionError(f"no line from the child process within {timeout:g}s")
+    return line[0]
 
 
 def answer_when_asked(store: AuditStore, *, approved: bool, by: str = "alice") -> threading.Thread:

@@ -12,6 +12,8 @@ from pathlib import Path
 from tether.core import AuditStore
 from tether.core.approvals.queue import ApprovalQueue
 
+from ..support import read_line
+
 EXAMPLE = Path(__file__).parents[2] / "examples" / "ag2_support_agent.py"
 
 
@@ -29,17 +31,6 @@ def start(tmp_path: Path, timeout: str) -> subprocess.Popen[str]:
     )
 
 
-def read_line(process: subprocess.Popen[str], timeout: float) -> str:
-    """The process's next line of output, waiting at most ``timeout`` seconds."""
-    lines: list[str] = []
-    assert process.stdout is not None
-    reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    reader.join(timeout)
-    assert lines, f"the example printed nothing within {timeout:g}s"
-    return lines[0]
-
-
 def test_example_stops_the_exfiltration_and_denies_the_unanswered_refund(tmp_path: Path) -> None:
     process = start(tmp_path, "1s")
     out, _ = process.communicate(timeout=300)
@@ -55,7 +46,7 @@ def test_example_refund_approved_from_another_process(tmp_path: Path) -> None:
     process = start(tmp_path, "5m")
     try:
         assert process.stdout is not None
-        first = read_line(process, 240)  # printed once the example's store is ready
+        first = read_line(process.stdout, 240)  # printed once the example's store is ready
         assert "audit store" in first
         store = AuditStore(f"sqlite:///{tmp_path / '.tether' / 'tether.db'}")
         deadline = time.monotonic() + 240

@@ -15,6 +15,7 @@ from tether.ag2 import TetherMiddleware, guard_agent
 from tether.core import AuditStore, Guard, QueueApprover, StoreError
 from tether.core.approvals.queue import ApprovalQueue
 
+from ..support import await_until
 from .conftest import (
     POLICY,
     Tools,
@@ -82,7 +83,7 @@ def test_untrusted_output_taints_the_session_and_the_exfiltration_waits_for_a_pe
     assert "pii" in result.details["labels"]
     decision = events(guard, "tool.decision")[1]
     assert decision.verdict == "ask"
-    assert decision.details["rule_ids"] == ["external-after-untrusted"]
+    assert decision.details["rule_ids"][0] == "external-after-untrusted"  # and the protections that fired too
     assert "no approval within 1s" in model_saw(config)
 
 
@@ -321,10 +322,7 @@ def test_a_pending_approval_does_not_hold_up_other_runs(guard: Guard, tools: Too
         guard_agent(waiting, guard)
         guard_agent(other, guard)
         first = asyncio.ensure_future(waiting.ask("refund A1"))
-        for _ in range(6000):  # the refund is waiting for a person (at most a minute)
-            if queue.entries():
-                break
-            await asyncio.sleep(0.01)
+        await await_until(queue.entries, 60, "the refund waiting for a person")
         await other.ask("where is B2?")
         await first
 

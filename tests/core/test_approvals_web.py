@@ -13,11 +13,12 @@ import pytest
 from tether.core import ApprovalQueue, AuditStore, Guard, QueueApprover
 from tether.core.approvals.web import ApprovalSite
 
+from ..support import require
 from .conftest import policy_with
 from .test_approvals import in_background, pending_one
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
-playwright = pytest.importorskip("playwright.sync_api", reason="browser tests need the playwright package")
+playwright = require("playwright.sync_api", "browser tests need the playwright package")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="browser tests need Chromium (Debian: apt install chromium; or set CHROMIUM_PATH)"
 )

@@ -14,10 +14,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tether.core import AuditStore, Guard, StoreError
+from tether.core import AuditEvent, AuditStore, Guard, StoreError
 from tether.core.audit import verify
+from tether.core.audit.chain import GENESIS, event_hash
+from tether.core.audit.events import NewEvent
 from tether.core.audit.schema import events
+from tether.core.values import canonical_json
 
+from ..support import read_line
 from .conftest import BASE_POLICY, KEY
 
 
@@ -90,10 +94,39 @@ def test_reordered_events_are_named(guard: Guard, store: AuditStore) -> None:
     assert any(p.kind == "reordered" and p.seq == 2 for p in problems)
 
 
+def rewrite_chain(store: AuditStore, key: bytes, edit: dict[int, str]) -> None:
+    """What someone with write access does to cover an edit: replace the content of some rows
+    (``edit``: row id -> new data) and recompute every hash from there on, with ``key``."""
+    rows = list(store.events())
+    log_prev, heads = GENESIS, {}
+    with store.engine.begin() as connection:
+        for row in rows:
+            data = edit.get(row.id, row.data)
+            prev = heads.get(row.session_id, GENESIS)
+            new = NewEvent(*(getattr(row, f) for f in NewEvent.__dataclass_fields__ if f != "data"), data=data)
+            digest = event_hash(key, new, row.seq, prev, log_prev)
+            connection.execute(
+                events.update()
+                .where(events.c.id == row.id)
+                .values(data=data, prev_hash=prev, log_prev=log_prev, hash=digest)
+            )
+            heads[row.session_id], log_prev = digest, digest
+
+
 def test_a_rewritten_chain_without_the_key_is_caught(guard: Guard, store: AuditStore) -> None:
-    fill(guard, sessions=1)
-    forged = verify(b"not the key" * 3, store.events())
-    assert len(forged.problems) == forged.events  # nothing verifies under another key
+    fill(guard, sessions=2)
+    target = row_id(store, "s0", 3)
+    decision = next(e for e in store.events() if e.id == target)
+    forged = decision.data.replace('"allowed":true', '"allowed":false')
+    assert forged != decision.data
+    rewrite_chain(store, b"the attacker's own key!!", {target: forged})
+    report = verify(store.key, store.events())
+    assert report.problems and all(p.kind == "edited" for p in report.problems)
+    assert {p.row_id for p in report.problems} == {e.id for e in store.events()}  # nothing verifies
+    # The key is what stops this: with it, a rewrite is indistinguishable (so keep it from the
+    # database's writers: TETHER_KEY, not the key file beside the database).
+    rewrite_chain(store, store.key, {target: forged})
+    assert verify(store.key, store.events()).ok
 
 
 def test_the_wrong_key_is_refused_at_open(store: AuditStore) -> None:
@@ -109,14 +142,31 @@ def test_a_store_in_an_unknown_hash_format_is_refused(store: AuditStore) -> None
         AuditStore(store.url, key=KEY)
 
 
-def test_export_jsonl_round_trips(guard: Guard, store: AuditStore, tmp_path: Path) -> None:
-    fill(guard, sessions=1, calls=1)
-    lines = [
-        json.loads(line)
-        for line in "".join(json.dumps(e.as_dict()) + "\n" for e in store.events(session_id="s0")).splitlines()
-    ]
-    assert [line["kind"] for line in lines] == ["session.start", "tool.decision", "tool.result"]
-    assert lines[1]["details"]["args"] == {"q": "0-0"} and len(lines[1]["hash"]) == 64
+def test_an_export_holds_every_event_and_verifies_on_its_own(
+    guard: Guard, store: AuditStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from tether.core.cli import main
+
+    fill(guard, sessions=2, calls=2)
+    guard.session("bot", "s0").before_tool("search", {"q": "NaN is kept", "x": float("nan"), "who": "é ✓"})
+    monkeypatch.setenv("TETHER_KEY", KEY.decode())
+    out = tmp_path / "audit.jsonl"
+    result = CliRunner().invoke(main, ["audit", "export", "--store", store.url, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+
+    def rebuilt(line: str) -> AuditEvent:
+        fields = json.loads(line)
+        return AuditEvent(**{k: v for k, v in fields.items() if k != "details"}, data=canonical_json(fields["details"]))
+
+    exported = [rebuilt(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert exported == list(store.events())  # every field of every event, in order
+    assert verify(KEY, exported).ok  # an auditor can check the export without the database
+    lines = out.read_text(encoding="utf-8").splitlines()
+    edited = next(i for i, line in enumerate(lines) if '"verdict": "allow"' in line)
+    lines[edited] = lines[edited].replace('"verdict": "allow"', '"verdict": "deny"')
+    assert [p.kind for p in verify(KEY, [rebuilt(line) for line in lines]).problems] == ["edited"]
 
 
 CHILD = textwrap.dedent(
@@ -149,14 +199,15 @@ def test_a_killed_process_loses_no_decision_it_returned(store_url: str, tmp_path
     returned = []
     deadline = time.monotonic() + 60
     while len(returned) < 300 and time.monotonic() < deadline:
-        returned.append(child.stdout.readline().strip())
+        returned.append(read_line(child.stdout, deadline - time.monotonic()).strip())
     os.kill(child.pid, signal.SIGKILL)  # mid-write, most likely: it writes continuously
     child.wait()
     assert len(returned) == 300
     store = AuditStore(store_url, key=KEY)
     stored = {e.event_id for e in store.events()}
     assert set(returned) <= stored
-    assert verify(store.key, store.events()).ok
+    newest = store.checkpoints.newest()
+    assert verify(store.key, store.events(), [newest] if newest else []).ok  # a checkpoint is never ahead
     # and the session carries on after the crash, chain intact
     Guard(BASE_POLICY, store=store).session("bot", "crash").before_tool("search", {})
     assert verify(store.key, store.events()).ok
@@ -230,3 +281,19 @@ def test_the_schema_revision_constant_is_the_newest_migration() -> None:
     config = Config()
     config.set_main_option("script_location", str(Path(store_module.__file__).parent / "migrations"))
     assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_REVISION
+
+
+def test_processes_racing_on_a_new_session_start_it_once(store_url: str) -> None:
+    """Two processes (two stores, two guards) load a new session before either writes to it."""
+    guards = [Guard(BASE_POLICY, store=AuditStore(store_url, key=KEY)) for _ in range(2)]
+    sessions = [guard.session("bot", "raced") for guard in guards]
+    for session in sessions:
+        assert not session.tainted  # loads the (empty) session in each process
+    for session in sessions:
+        session.before_tool("search", {"q": "x"})
+    events = guards[0].store.session_events("raced")
+    assert [e.kind for e in events].count("session.start") == 1
+    assert [e.seq for e in events] == [0, 1, 2]
+    assert verify(guards[0].store.key, guards[0].store.events()).ok
+    for guard in guards:
+        guard.close()

@@ -6,15 +6,16 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from tether.core import AuditStore, Guard
+from tether.core import ApprovalQueue, AuditStore, Guard
 from tether.core.audit.schema import events
 from tether.core.cli import main
 
-from .conftest import BASE_POLICY
+from .conftest import BASE_POLICY, policy_with
 from .test_policy_loader import GOOD
 
 
@@ -37,7 +38,7 @@ def test_check_accepts_a_good_policy(workdir: Path) -> None:
     (workdir / "p.yaml").write_text(GOOD)
     code, out, _ = run("check", "p.yaml")
     assert code == 0
-    assert out.splitlines()[0] == "p.yaml: ok (1 agents, 2 tools, 0 rules, enforce mode, default deny)"
+    assert out.splitlines()[0] == "p.yaml: ok (1 agent, 2 tools, 0 rules, enforce mode, default deny)"
 
 
 def test_check_says_which_agents_may_receive_any_data(workdir: Path) -> None:
@@ -51,7 +52,9 @@ def test_check_rejects_a_broken_policy_with_line_numbers(workdir: Path) -> None:
     (workdir / "q.yaml").write_text(GOOD)
     code, out, err = run("check", "p.yaml", "q.yaml")
     assert code == 1
-    assert err == "p.yaml:13:9: agents.bot.tools.send_email.whne: unknown key 'whne' (did you mean 'when'?)\n"
+    assert err == (
+        "p.yaml:13:9: agents.bot.tools.send_email.whne: unknown key 'whne' (did you mean 'when'?)\np.yaml: 1 problem\n"
+    )
     assert out.startswith("q.yaml: ok")
 
 
@@ -89,7 +92,7 @@ def test_audit_commands_on_a_real_store(workdir: Path) -> None:
     code, out, err = run("audit", "verify")
     assert code == 1
     assert "TAMPERED: event 4 (session 's1' #3, tool.decision) was edited" in err
-    assert "FAILED (1 problems)" in out
+    assert "FAILED (1 problem)" in out
 
 
 def test_agents_lists_policy_and_observed_agents_with_findings(workdir: Path) -> None:
@@ -182,3 +185,122 @@ def test_corrupt_store_url_is_a_clear_error(workdir: Path) -> None:
 def test_module_main(workdir: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "tether.core.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "runtime security for what AI agents do" in result.stdout
+
+
+def test_the_audit_is_searched_by_user_though_it_stores_no_user_id(workdir: Path) -> None:
+    guard = Guard(BASE_POLICY)
+    guard.session("bot", "s1", user="dana@customer.example").before_tool("search", {})
+    guard.session("bot", "s2", user="olaf").before_tool("search", {})
+    guard.close()
+    code, out, _ = run("audit", "export", "--user", "dana@customer.example")
+    assert code == 0 and {json.loads(line)["session_id"] for line in out.splitlines()} == {"s1"}
+    code, out, _ = run("audit", "tail", "--user", "olaf")
+    assert code == 0 and len(out.splitlines()) == 2 and "s2" in out and "s1" not in out
+    assert "dana@customer.example" not in out
+
+
+EVERY_KIND_OF_PROBLEM = """\
+version: 1
+tools:
+  search: {effects: [read]}
+  refund: {effects: [money, sideways]}
+agents:
+  bot:
+    purpose: answer questions
+    owner: team@acme.example
+    tools:
+      search: allow
+      serach: allow
+      refund:
+        ask: args.amount >
+  helper:
+    purpose: help
+    tools:
+      refund: allow
+rules:
+  - id: no-mail
+    tools: [send_mail]
+    action: deny
+  - id: odd
+    reason: an odd rule
+    action: maybe
+    tools: [refnd]
+"""
+
+
+def test_check_reports_every_problem_in_one_run(workdir: Path) -> None:
+    (workdir / "p.yaml").write_text(EVERY_KIND_OF_PROBLEM)
+    code, out, err = run("check", "p.yaml")
+    assert code == 1 and out == ""
+    lines = err.splitlines()
+    expected = [
+        "p.yaml:4:29: tools.refund.effects[1]: Input should be",  # a schema error hides no reference error
+        "p.yaml:11:7: agents.bot.tools.serach: unknown tool 'serach' (did you mean 'search'?)",
+        "p.yaml:13:14: agents.bot.tools.refund.ask: condition does not compile",
+        "p.yaml:14:3: agents.helper.owner: required key 'owner' is missing",
+        "p.yaml:19:5: rules[0].reason: required key 'reason' is missing",
+        "p.yaml:20:13: rules[0].tools[0]: unknown tool 'send_mail'",
+        "p.yaml:24:13: rules[1].action:",
+        "p.yaml:25:13: rules[1].tools[0]: unknown tool 'refnd' (did you mean 'refund'?)",
+    ]
+    for want in expected:
+        assert any(line.startswith(want) for line in lines), (want, lines)
+    assert lines[-1] == "p.yaml: 8 problems"
+
+
+def test_version(workdir: Path) -> None:
+    code, out, _ = run("--version")
+    assert code == 0 and out.startswith("tether, version ")
+
+
+def test_tail_lines_up_its_columns_and_names_each_rule_once(workdir: Path) -> None:
+    guard = Guard(BASE_POLICY)
+    guard.session("bot", "a-much-longer-session-id").before_tool("search", {"q": "x"})
+    guard.session("intruder", "s2").before_tool("search", {})
+    guard.close()
+    code, out, _ = run("audit", "tail")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 4
+    starts = {line.index(word) for line in lines for word in ("session started", "ALLOW", "DENY") if word in line}
+    assert len(starts) == 1, out  # the summaries start in one column
+    allowed = next(line for line in lines if "ALLOW" in line)
+    assert allowed.count("agents.bot.tools.search") == 1, allowed  # not repeated in brackets
+    assert "[default]" in next(line for line in lines if "DENY" in line)  # a rule the reason does not name
+
+
+def test_approvals_list_marks_what_it_cuts(workdir: Path) -> None:
+    policy = policy_with(approvals={"timeout": "60s"})
+    policy["agents"]["bot"]["tools"]["send_email"] = {"ask": True, "reason": "a long reason " * 20}
+    store = AuditStore()
+    session = Guard(policy, store=store).session("bot", "s1")
+    decision = session.before_tool("send_email", {"to": "a@acme.example"})
+    ApprovalQueue(store).submit(session_request(session, decision))
+    store.close()
+    code, out, _ = run("approvals", "list")
+    assert code == 0 and out.rstrip().endswith("…") and len(out.splitlines()[0]) < 160
+
+
+def session_request(session: Any, decision: Any) -> Any:
+    from tether.core import ApprovalRequest
+
+    return ApprovalRequest(
+        decision.event_id, session.agent, session.id, None, None, decision.call.tool, {}, decision.reason, (), 60
+    )
+
+
+def test_the_demo_tells_how_to_explore_the_store_it_used(workdir: Path) -> None:
+    url = f"sqlite:///{workdir / 'elsewhere.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "tether.core.cli", "demo", "--timeout", "0.2", "--store", url],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr
+    explore = next(line for line in result.stdout.splitlines() if line.startswith("Explore:"))
+    assert f"tether audit verify --store {url}" in explore
+    assert "site-packages" not in explore and "tether agents --policy" in explore
+    policy = explore.split("--policy ", 1)[1].split()[0]
+    assert (workdir / policy).exists()  # a copy the user can read and edit, where they are

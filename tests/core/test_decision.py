@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -183,3 +184,42 @@ def test_redact_args_replaces_nested_paths_without_touching_the_original() -> No
 def test_agent_names_as_frameworks_write_them(agent: str) -> None:
     policy = policy_with(agents={agent: {"purpose": "p", "owner": "o", "tools": {"search": "allow"}}})
     assert rule_on("search", agent=agent, policy=policy).verdict is Verdict.ALLOW
+
+
+NON_FINITE = [float("nan"), float("inf"), float("-inf"), json.loads('{"x": NaN}')["x"], json.loads("-Infinity")]
+
+
+@pytest.mark.parametrize("value", NON_FINITE, ids=["nan", "inf", "-inf", "json-nan", "json-inf"])
+@pytest.mark.parametrize(
+    "grant",
+    [
+        {"ask": "args.amount > 50"},  # NaN > 50 is false: it would run without approval
+        {"when": "!(args.amount > 1000)"},  # !(NaN > 1000) is true: granted
+        {"when": "args.amount <= 500"},  # -inf <= 500: a refund of minus infinity
+        {"when": "args.order.amount <= 500"},  # nested
+    ],
+    ids=["ask", "negated", "grant", "nested"],
+)
+def test_a_non_finite_number_never_makes_a_condition_quietly_decide(value: float, grant: dict[str, Any]) -> None:
+    policy = policy_with()
+    policy["agents"]["bot"]["tools"]["refund"] = grant
+    args = {"order": {"amount": value}} if "order" in str(grant) else {"amount": value}
+    ruling = rule_on("refund", args, policy=policy)
+    assert ruling.verdict is Verdict.DENY
+    assert ruling.error is not None and "is not a finite number" in ruling.reason
+    assert "args." in ruling.reason and "amount" in ruling.reason
+
+
+def test_a_non_finite_number_no_condition_reads_does_not_matter() -> None:
+    ruling = rule_on("refund", {"amount": 20, "ratio": float("nan")})
+    assert ruling.verdict is Verdict.ALLOW
+
+
+def test_a_deny_rule_is_cited_even_when_the_tool_is_not_granted_either() -> None:
+    policy = policy_with(
+        rules=[{"id": "no-deletes", "tools": ["delete_file"], "action": "deny", "reason": "deletes are never allowed"}]
+    )
+    ruling = rule_on("delete_file", {"path": "/etc"}, policy=policy)
+    assert ruling.verdict is Verdict.DENY
+    assert ruling.rule_ids[0] == "no-deletes" and "default" in ruling.rule_ids
+    assert ruling.reason.startswith("deletes are never allowed") and "not granted" in ruling.reason

@@ -147,3 +147,20 @@ def test_each_runtime_runs_on_a_shared_activation_and_on_plain_variables(runtime
     assert runtime.run(first, shared) is True
     assert runtime.run(second, shared) is True  # the same activation, used again
     assert runtime.run(second, variables) is True
+
+
+@pytest.mark.skipif(engine().name != "cel-expr-python", reason="only the compiled runtime has an iteration budget")
+def test_runtime_limits_are_reported_for_what_they_are() -> None:
+    loop = compile_condition("args.items.all(x, x > 0)")
+    for variables in (
+        {"args": {"items": list(range(1, 100_000))}},
+        make_activation({"args": {"items": [1] * 100_000}}),
+    ):
+        with pytest.raises(ConditionFailed) as failed:
+            evaluate(loop, variables)
+        message = str(failed.value)
+        assert "iteration budget" in message
+        assert "cannot pass these values" not in message and "INTERNAL" not in message
+    with pytest.raises(ConditionFailed) as failed:
+        evaluate(compile_condition("args.n > 1"), {"args": {"n": 4111111111111111 * 10**6}})
+    assert "64-bit" in str(failed.value) and "4111111111111111" not in str(failed.value)  # no value in a reason

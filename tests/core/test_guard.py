@@ -4,7 +4,9 @@ fail-closed behaviour, bad input, restarts and concurrency."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,13 +15,16 @@ from tether.core import (
     ApprovalAnswer,
     ApprovalRequest,
     AuditStore,
+    Decision,
     Enforcement,
     Guard,
+    QueueApprover,
     StoreError,
     Verdict,
 )
 from tether.core.audit import verify
 from tether.core.audit.events import Kind
+from tether.core.redact import user_ref
 
 from .conftest import BASE_POLICY, KEY, policy_with
 
@@ -51,7 +56,7 @@ def test_decision_is_durable_before_before_tool_returns(guard: Guard, store: Aud
         Kind.TOOL_DECISION,
         "search",
         "allow",
-        "alice",
+        user_ref(KEY, "alice"),  # the user is personal data: stored fingerprinted
         "acme",
     )
     assert event.details["call_id"] == "c1"
@@ -239,6 +244,31 @@ def test_an_answer_to_a_frameworks_own_question_is_recorded_under_the_decision(g
     )
     assert "4111 1111 1111 1111" not in event.data
     assert verify(store.key, store.events()).ok
+def test_an_answer_obtained_elsewhere_after_the_deadline_denies(store: AuditStore) -> None:
+    """A framework's own pause (LangGraph's interrupt) may be resumed at any time: an answer that
+    comes after the policy's approval timeout is no longer an approval."""
+    policy = policy_with(approvals={"timeout": "200ms"})
+    session = Guard(policy, store=store).session("bot", "late")
+    asked = session.before_tool("refund", {"amount": 120})
+    time.sleep(0.3)
+    late = session.settle(asked, ApprovalAnswer(True, "ops via chat"))
+    assert not late.allowed and "after the approval request expired" in late.reason
+    # The same in another process that rebuilds the decision from the audit, as a resumed graph does.
+    again = Guard(policy, store=AuditStore(store.url, key=KEY)).session("bot", "late")
+    rebuilt = Decision(asked.call, asked.verdict, asked.reason, asked.rule_ids, asked.args, event_id=asked.event_id)
+    assert not again.settle(rebuilt, ApprovalAnswer(True, "ops via chat")).allowed
+    in_time = session.before_tool("refund", {"amount": 130})
+    assert session.settle(in_time, ApprovalAnswer(True, "ops via chat")).allowed
+
+
+def test_an_approved_call_keeps_the_policys_redactions(guard: Guard) -> None:
+    policy = policy_with()
+    policy["agents"]["bot"]["tools"]["send_email"] = {"ask": True, "redact": ["bcc"]}
+    session = Guard(policy, store=guard.store).session("bot", "redact-ask")
+    asked = session.before_tool("send_email", {"to": "a@acme.example", "bcc": "spy@evil.example"})
+    assert asked.needs_approval
+    final = session.settle(asked, ApprovalAnswer(True, "alice"))
+    assert final.allowed and final.args["bcc"] == "[redacted by Tether]"
 
 
 def test_edited_arguments_are_rechecked(guard: Guard) -> None:
@@ -464,3 +494,69 @@ def test_mapping_args_of_any_kind(guard: Guard) -> None:
             return len(self._d)
 
     assert guard.session("bot").before_tool("send_email", Args(to="a@acme.example")).allowed
+
+
+KEYED_SECRETS = ["dana.secret@customer.example", "AKIAABCDEFGHIJKLMNOP", "4111 1111 1111 1111", "ghp_" + "A1b2" * 9]
+
+
+def stored_bytes(sqlite_url: str) -> bytes:
+    """Everything SQLite holds for the store, whether still in the write-ahead log or not."""
+    path = Path(sqlite_url.removeprefix("sqlite:///"))
+    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*") if not p.name.endswith(".key"))
+
+
+def test_secrets_used_as_mapping_keys_are_never_stored_raw(sqlite_url: str) -> None:
+    store = AuditStore(sqlite_url, key=KEY)
+    session = Guard(BASE_POLICY, store=store).session("bot", "keys")
+    keyed = {secret: "value" for secret in KEYED_SECRETS}
+    decision = session.before_tool("search", {"q": "x", "by_owner": keyed, **{KEYED_SECRETS[1]: 1}})
+    assert decision.allowed and decision.args["by_owner"] is keyed  # the tool still gets them
+    session.after_tool(decision, {"rows": [keyed], KEYED_SECRETS[3]: "token as a key"})
+    unreadable = session.before_tool("search", {KEYED_SECRETS[0]: object()})  # its path is in the reason
+    assert not unreadable.allowed and "[email:" in unreadable.reason
+    shown = store.session_events("keys")[1].details["args"]
+    assert "[aws_access_key:" in " ".join(shown) and "[github_token:" not in " ".join(shown)
+    assert len(shown["by_owner"]) == len(KEYED_SECRETS)  # masked keys stay distinct
+    store.close()
+    raw = stored_bytes(sqlite_url)
+    for secret in KEYED_SECRETS:
+        assert secret.encode() not in raw, secret
+
+
+def test_the_sessions_user_is_stored_as_a_searchable_fingerprint(sqlite_url: str) -> None:
+    store = AuditStore(sqlite_url, key=KEY)
+    guard = Guard(policy_with(approvals={"timeout": "1s"}), store=store, approver=QueueApprover(store))
+    session = guard.session("bot", "u1", user="dana.secret@customer.example")
+    session.resolve(session.before_tool("refund", {"amount": 120}))  # an approval request records the user too
+    guard.session("bot", "u2", user="dana.secret@customer.example").before_tool("search", {})
+    guard.session("bot", "u3", user="olaf").before_tool("search", {})
+    store.close()
+    raw = stored_bytes(sqlite_url)
+    assert b"dana.secret" not in raw and b"olaf" not in raw
+
+    store = AuditStore(sqlite_url, key=KEY)
+    ref = user_ref(store.key, "dana.secret@customer.example")
+    assert ref.endswith("@customer.example") and "dana.secret" not in ref  # the domain stays readable
+    assert {e.session_id for e in store.events(user=ref)} == {"u1", "u2"}
+    assert {e.session_id for e in store.events(user=user_ref(store.key, "olaf"))} == {"u3"}
+    store.close()
+
+
+def nested(depth: int, leaf: Any = "ghp_" + "A1b2" * 9) -> Any:
+    value: Any = leaf
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [100, 1_000, 5_000])
+def test_deep_outputs_are_recorded_and_returned(guard: Guard, store: AuditStore, depth: int) -> None:
+    session = guard.session("bot", f"deep{depth}")
+    decision = session.before_tool("search", {"q": "x"})
+    output = nested(depth)
+    assert session.after_tool(decision, output) is output
+    result = store.session_events(f"deep{depth}")[-1]
+    assert result.kind == Kind.TOOL_RESULT and "ghp_" not in result.data  # scanned and masked all the same
+    request = session.before_model([{"role": "tool", "content": output}])
+    assert request.allowed and store.session_events(f"deep{depth}")[-1].kind == Kind.MODEL_REQUEST
+    assert not session.before_tool("search", {"q": output}).allowed  # an argument Tether cannot read is refused

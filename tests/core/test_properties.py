@@ -4,8 +4,11 @@ decisions keep their guarantees whatever the policy and the call."""
 from __future__ import annotations
 
 import string
+import tempfile
+from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -119,6 +122,12 @@ def test_damaged_policy_text_loads_or_fails_with_located_errors(policy: dict[str
     for issue in issues:
         assert issue.file == "p.yaml" and issue.message
         assert str(issue).startswith("p.yaml")
+    with tempfile.TemporaryDirectory() as folder:  # every problem at once: schema errors and the rest
+        (Path(folder) / "p.yaml").write_text(text)
+        with pytest.raises(PolicyError) as everything:
+            load_policy(Path(folder) / "p.yaml")
+    located = {(i.line, i.column, i.path, i.message) for i in everything.value.issues}
+    assert {(i.line, i.column, i.path, i.message) for i in issues} <= located
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -126,6 +126,8 @@ def test_output_outside_the_agents_clearance_is_redacted(store: AuditStore) -> N
     assert "[email:" in text and "10.0.0.1" in text  # stable placeholders; addresses stay readable
     assert session.after_tool(decision, ATTACKER) == session.after_tool(decision, ATTACKER)  # stable
     assert ATTACKER not in json.dumps(events(store, "s1", Kind.TOOL_RESULT))
+    keyed = session.after_tool(decision, {"by_address": {ATTACKER: "Ann"}})  # data as a key is data
+    assert ATTACKER not in json.dumps(keyed) and "[email:" in next(iter(keyed["by_address"]))
 
 
 def test_an_empty_clearance_means_cleared_for_nothing(store: AuditStore) -> None:

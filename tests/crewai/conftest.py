@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 os.environ.update(CREWAI_DISABLE_TELEMETRY="true", OTEL_SDK_DISABLED="true", CREWAI_TRACING_ENABLED="false")
-crewai = pytest.importorskip("crewai")
+from ..support import require
+
+crewai = require("crewai")
 
 from crewai import Agent, Crew, Task  # noqa: E402
 from crewai.llms.base_llm import BaseLLM  # noqa: E402

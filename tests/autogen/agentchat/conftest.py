@@ -10,14 +10,16 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("autogen_agentchat")
+from ...support import require
 
-from autogen_agentchat.agents import AssistantAgent
-from autogen_core import FunctionCall
-from autogen_core.models import CreateResult, ModelInfo, RequestUsage
-from autogen_ext.models.replay import ReplayChatCompletionClient
+require("autogen_agentchat")
 
-from tether.core import AuditEvent, AuditStore, Guard
+from autogen_agentchat.agents import AssistantAgent  # noqa: E402
+from autogen_core import FunctionCall  # noqa: E402
+from autogen_core.models import CreateResult, ModelInfo, RequestUsage  # noqa: E402
+from autogen_ext.models.replay import ReplayChatCompletionClient  # noqa: E402
+
+from tether.core import AuditEvent, AuditStore, Guard  # noqa: E402
 
 KEY = b"k" * 32
 _ids = itertools.count(1)

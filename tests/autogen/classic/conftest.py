@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-autogen = pytest.importorskip("autogen")
+from ...support import require
+
+autogen = require("autogen")
 
 from tether.core import ApprovalAnswer, ApprovalRequest, AuditEvent, AuditStore, Guard  # noqa: E402
 

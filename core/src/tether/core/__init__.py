@@ -14,7 +14,7 @@ else:
     print(decision.refusal())
 """
 
-from .approvals import ApprovalAnswer, ApprovalRequest, Approver, ConsoleApprover
+from .approvals import ApprovalAnswer, ApprovalRequest, Approver, ConsoleApprover, Unanswered
 from .approvals.queue import ApprovalError, ApprovalQueue, QueueApprover
 from .audit import AuditEvent, AuditStore
 from .credentials import Credential, Credentials, IdentityError
@@ -29,16 +29,11 @@ from .policy import (
     Trust,
     Verdict,
     compile_policy,
+    load_policy,
     mcp_tool,
     parse_policy,
     read_policy,
 )
-
-
-def load_policy(source: object) -> CompiledPolicy:
-    """Read, validate and compile a policy (a YAML path, a mapping or a :class:`Policy`)."""
-    return compile_policy(*read_policy(source))  # type: ignore[arg-type]
-
 
 __all__ = [
     "ApprovalAnswer",
@@ -69,9 +64,12 @@ __all__ = [
     "ToolCall",
     "ToolDenied",
     "Trust",
+    "Unanswered",
     "UnsupportedValueError",
     "Verdict",
+    "compile_policy",
     "load_policy",
     "mcp_tool",
     "parse_policy",
+    "read_policy",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sys
 import time
@@ -13,17 +14,25 @@ import click
 
 from .approvals import FOR_SESSION, ONCE
 from .approvals.queue import PENDING, ApprovalQueue
-from .approvals.render import approval_details, approval_line
+from .approvals.render import approval_details, approval_lines
 from .approvals.terminal import whoami
 from .audit import AuditStore, verify
-from .audit.render import session_lines, tail_line
+from .audit.checkpoints import head_of
+from .audit.checkpoints import read_file as read_checkpoints
+from .audit.events import AuditEvent
+from .audit.render import session_lines, tail_lines
+from .audit.signing import public_key_from_pem
 from .baselines import Baseline, departures, learn_from_store, load_baselines
 from .credentials import Credentials
 from .errors import PolicyError, TetherError
 from .inventory import inventory
-from .policy import compile_policy, read_policy
+from .keys import KEY_ENV
+from .policy import load_policy, read_policy
 from .policy.schema import parse_duration
+from .redact import user_ref
+from .values import canonical_json
 
+_USER = click.option("--user", help="Only events of sessions run for this user (the audit stores users fingerprinted).")
 _STORE = click.option(
     "--store",
     envvar="TETHER_STORE",
@@ -33,6 +42,7 @@ _STORE = click.option(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tether", prog_name="tether")
 def main() -> None:
     """Tether: runtime security for what AI agents do."""
 
@@ -44,16 +54,17 @@ def check(policies: tuple[Path, ...]) -> None:
     failed = False
     for path in policies:
         try:
-            compiled = compile_policy(*read_policy(path))
+            compiled = load_policy(path)
         except PolicyError as exc:
             failed = True
             for issue in exc.issues:
                 click.echo(str(issue), err=True)
+            click.echo(f"{path}: {_count(len(exc.issues), 'problem')}", err=True)
             continue
         p = compiled.policy
         click.echo(
-            f"{path}: ok ({len(p.agents)} agents, {len(p.tools)} tools, {len(p.rules)} rules, "
-            f"{p.mode.value} mode, default {p.default})"
+            f"{path}: ok ({_count(len(p.agents), 'agent')}, {_count(len(p.tools), 'tool')}, "
+            f"{_count(len(p.rules), 'rule')}, {p.mode.value} mode, default {p.default})"
         )
         a = p.anomalies
         if p.sequences or a is not None:
@@ -278,18 +289,21 @@ def audit() -> None:
 @_STORE
 @click.option("-n", "--lines", default=20, show_default=True, help="How many recent events to show.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new events as they arrive.")
-def tail(store: str | None, lines: int, follow: bool) -> None:
+@_USER
+def tail(store: str | None, lines: int, follow: bool, user: str | None) -> None:
     """Print the most recent events."""
     audit_store = _open(store)
+    ref = user_ref(audit_store.key, user) if user else None
     last_id = 0
-    for event in audit_store.events(last=lines):
-        click.echo(tail_line(event))
-        last_id = event.id
-    while follow:
+    batch = list(audit_store.events(last=lines, user=ref))
+    while True:
+        for line in tail_lines(batch):
+            click.echo(line)
+        last_id = batch[-1].id if batch else last_id
+        if not follow:
+            return
         time.sleep(0.5)
-        for event in audit_store.events(after_id=last_id):
-            click.echo(tail_line(event))
-            last_id = event.id
+        batch = list(audit_store.events(after_id=last_id, user=ref))
 
 
 @audit.command()
@@ -307,17 +321,94 @@ def show(session_id: str, store: str | None) -> None:
 
 @audit.command(name="verify")
 @_STORE
-def verify_command(store: str | None) -> None:
-    """Check the hash chains; name every edited, missing or reordered event. Exit 1 if any."""
-    audit_store = _open(store)
-    report = verify(audit_store.key, audit_store.events())
+@click.option(
+    "--against",
+    "against",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also check against the checkpoint(s) in FILE (from `tether audit checkpoint -o`). Repeatable.",
+)
+@click.option(
+    "--public-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Check the checkpoints' Ed25519 signatures with this public key (PEM).",
+)
+@click.option(
+    "--export",
+    "export_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Verify this export (`tether audit export`) instead of a store; with --public-key, no key is needed.",
+)
+def verify_command(
+    store: str | None, against: tuple[Path, ...], public_key: Path | None, export_file: Path | None
+) -> None:
+    """Check the hash chains, and the log against its newest checkpoint; name every edited,
+    missing or reordered event, and a cut, wiped or rolled-back log. Exit 1 if any."""
+    try:
+        anchors = [c for path in against for c in read_checkpoints(path)]
+        signer = public_key_from_pem(public_key.read_bytes()) if public_key else None
+        if export_file is not None:
+            location, rows, key = str(export_file), _exported(export_file), _environment_key()
+            if key is None and signer is None:
+                raise click.ClickException("without TETHER_KEY, give --public-key to check the checkpoints")
+        else:
+            audit_store = _open(store)
+            location, rows, key = audit_store.location, list(audit_store.events()), audit_store.key
+            newest = audit_store.checkpoints.newest()
+            anchors += [newest] if newest is not None else []
+        report = verify(key, rows, anchors, public_key=signer)
+    except (TetherError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
     for problem in report.problems:
         click.echo(f"TAMPERED: {problem.message}", err=True)
-    status = "ok" if report.ok else f"FAILED ({len(report.problems)} problems)"
-    click.echo(f"{audit_store.location}: {report.events} events in {report.sessions} sessions: {status}")
-    click.echo(f"head {report.head}  (record it elsewhere to detect a later cut of the newest events)")
+    status = "ok" if report.ok else f"FAILED ({_count(len(report.problems), 'problem')})"
+    click.echo(f"{location}: {_count(report.events, 'event')} in {_count(report.sessions, 'session')}: {status}")
+    if not report.content_checked:
+        click.echo("events' contents not checked (no key): only the links between them and the checkpoints")
+    if anchors:
+        click.echo(f"checked against {_count(len(anchors), 'checkpoint')}, the newest of {anchors[-1].when()}")
+    else:
+        click.echo("no checkpoint yet: a cut of the newest events cannot be detected (see `tether audit checkpoint`)")
     if not report.ok:
         sys.exit(1)
+
+
+def _exported(path: Path) -> list[AuditEvent]:
+    """Events from a `tether audit export` file, as they were stored."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            fields = json.loads(line)
+            details = fields.pop("details")
+            rows.append(AuditEvent(**fields, data=canonical_json(details)))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise click.ClickException(f"{path}:{number}: not an exported event ({exc})") from None
+    return rows
+
+
+def _environment_key() -> bytes | None:
+    configured = os.environ.get(KEY_ENV)
+    return configured.encode() if configured else None
+
+
+@audit.command(name="checkpoint")
+@_STORE
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write it to FILE, to keep elsewhere."
+)
+def checkpoint_command(store: str | None, output: Path | None) -> None:
+    """Record the log's head now, signed with the store's key, where the store keeps checkpoints
+    (and in FILE). Refused if the log no longer holds the head recorded before."""
+    audit_store = _open(store)
+    try:
+        checkpoint = audit_store.checkpoints.write() if audit_store.checkpoints.sinks else head_of(audit_store)
+    except TetherError as exc:
+        raise click.ClickException(str(exc)) from None
+    if output is not None:
+        output.write_text(checkpoint.to_json() + "\n", encoding="utf-8")
+    places = [s.where for s in audit_store.checkpoints.sinks] + ([str(output)] if output else [])
+    click.echo(f"checkpoint of {audit_store.location}: event {checkpoint.last_id}, head {checkpoint.head}")
+    click.echo(f"kept in: {', '.join(places) or 'nowhere (give -o FILE)'}")
 
 
 @audit.command()
@@ -325,9 +416,12 @@ def verify_command(store: str | None) -> None:
 @click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
 @click.option("--session", "session_id", help="Only this session.")
 @click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-", help="File (default: stdout).")
-def export(store: str | None, fmt: str, session_id: str | None, output: Any) -> None:
+@_USER
+def export(store: str | None, fmt: str, session_id: str | None, output: Any, user: str | None) -> None:
     """Export events, one JSON object per line, with their hashes."""
-    for event in _open(store).events(session_id=session_id):
+    audit_store = _open(store)
+    ref = user_ref(audit_store.key, user) if user else None
+    for event in audit_store.events(session_id=session_id, user=ref):
         output.write(json.dumps(event.as_dict(), ensure_ascii=False, sort_keys=True) + "\n")
 
 
@@ -344,8 +438,8 @@ def approvals_list(store: str | None, everything: bool) -> None:
     entries = ApprovalQueue(_open(store)).entries(status=None if everything else PENDING)
     if not entries:
         click.echo("no pending approval requests" if not everything else "no approval requests")
-    for entry in entries:
-        click.echo(approval_line(entry))
+    for line in approval_lines(entries):
+        click.echo(line)
 
 
 @approvals.command(name="show")

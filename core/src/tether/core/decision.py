@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -73,6 +74,7 @@ class Decision:
     approved_by: str | None = field(default=None)
     approvers: frozenset[str] | None = None  # who may approve, when approval is needed (None: anyone)
     for_session: bool = False  # whether an approver may approve such calls for the rest of the session
+    findings: tuple[str, ...] = ()  # what Tether's protections found, even where they let the call through
 
     @property
     def allowed(self) -> bool:
@@ -106,6 +108,7 @@ class _Conditions:
         self._plan, self._args, self._state = plan, args, state
         self._user, self._tenant, self._now = user, tenant, now
         self._activation: Any = None
+        self._non_finite: dict[str, str] = {}  # argument -> the path of a NaN or infinity in it
 
     def holds(self, rule: CompiledRule) -> bool:
         if rule.condition is None:
@@ -116,9 +119,21 @@ class _Conditions:
                 # One condition is cheapest run straight on the variables; several share one
                 # activation, so the variables are converted for CEL only once.
                 self._activation = make_activation(variables) if self._plan.conditions > 1 else variables
+            if self._non_finite:
+                self._refuse_non_finite(rule.condition.names.fields)
             return evaluate(rule.condition, self._activation)
         except ConditionFailed as exc:
             raise _RuleFailed(rule.id, exc) from None
+
+    def _refuse_non_finite(self, fields: dict[str, frozenset[str] | None]) -> None:
+        """Every comparison with NaN is false (so ``x > 50`` and ``!(x > 50)`` both pass it), and
+        infinities satisfy any bound: a condition reading one cannot mean what it says."""
+        if "args" not in fields:
+            return
+        read = fields["args"]
+        paths = [path for name, path in self._non_finite.items() if read is None or name in read]
+        if paths:
+            raise ConditionFailed(f"{paths[0]} is not a finite number, so no condition can be checked against it")
 
     def _bind(self) -> dict[str, Any]:
         plan = self._plan
@@ -126,11 +141,29 @@ class _Conditions:
         for name, fields in plan.fields.items():
             if name == "args":
                 variables["args"] = select(self._args, fields)
+                self._non_finite = _non_finite(variables["args"])
             elif name == "session":
                 variables["session"] = self._state.cel_value(plan.agent, self._user, self._tenant, fields)
             elif name == "now":
                 variables["now"] = dt.datetime.fromtimestamp(self._now, dt.timezone.utc)
         return variables
+
+
+def _non_finite(args: Mapping[str, Any]) -> dict[str, str]:
+    """For each argument holding a NaN or an infinity (at any depth), where the first one is."""
+    found: dict[str, str] = {}
+    for name, value in args.items():
+        stack: list[tuple[str, Any]] = [(f"args.{name}", value)]
+        while stack:
+            path, item = stack.pop()
+            if isinstance(item, float) and not math.isfinite(item):
+                found[name] = f"{path} ({item})"
+                break
+            if isinstance(item, dict):
+                stack.extend((f"{path}.{k}", v) for k, v in item.items())
+            elif isinstance(item, list):
+                stack.extend((f"{path}[{i}]", v) for i, v in enumerate(item))
+    return found
 
 
 def decide(
@@ -156,13 +189,14 @@ def decide(
 
 def _rule(policy: CompiledPolicy, plan: Plan, conditions: _Conditions, state: SessionState, now: float) -> Ruling:
     grant = next((rule for rule in plan.grants if conditions.holds(rule)), None)
-    if grant is None:
-        ungranted = _not_granted(plan)
-        if policy.default is Verdict.DENY:
-            return ungranted
+    ungranted = _not_granted(plan) if grant is None else None
     for rule in plan.denies:
         if conditions.holds(rule):
+            if ungranted is not None and policy.default is Verdict.DENY:  # both say no: cite both
+                return Ruling(Verdict.DENY, f"{rule.reason}; {ungranted.reason}", (rule.id, *ungranted.rule_ids))
             return Ruling(Verdict.DENY, rule.reason, (rule.id,))
+    if ungranted is not None and policy.default is Verdict.DENY:
+        return ungranted
     exhausted = _exhausted_limit(plan, state, now)
     if exhausted is not None:
         return exhausted
@@ -170,6 +204,7 @@ def _rule(policy: CompiledPolicy, plan: Plan, conditions: _Conditions, state: Se
     redacts = [rule for rule in plan.redacts if conditions.holds(rule)]
     fields = tuple(dict.fromkeys(f for rule in redacts for f in rule.redact))
     if grant is None:
+        ungranted = ungranted or _not_granted(plan)
         return _ask(ungranted.reason, ungranted.rule_ids, asks, fields)
     if asks:
         return _ask("; ".join(r.reason for r in asks), (), asks, fields)

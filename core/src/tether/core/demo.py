@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.engine import make_url
 
 from .approvals.queue import Entry, QueueApprover
 from .approvals.terminal import describe, is_tty
@@ -80,8 +81,23 @@ def run_demo(store: str | None, *, timeout: float | None = None, interactive: bo
     report = verify(audit_store.key, audit_store.events())
     status = "intact" if report.ok else f"FAILED: {report.problems[0].message}"
     say(f"\ntether audit verify: {report.events} events, hash chains {status}")
-    say(f"Explore: tether audit show {session.id} | tether agents --policy {POLICY} | tether audit verify")
     guard.close()
+    where = f" --store {make_url(store).render_as_string(hide_password=True)}" if store else ""
+    say(
+        f"Explore: tether audit show {session.id}{where} | tether agents --policy {_policy_copy()}{where}"
+        f" | tether audit verify{where}"
+    )
+
+
+def _policy_copy() -> str:
+    """The demo's policy, copied where the user is (to read and edit), as a path relative to it."""
+    copy = Path(".tether") / POLICY.name
+    try:
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_text(POLICY.read_text(encoding="utf-8"), encoding="utf-8")
+    except OSError:
+        return str(POLICY)
+    return str(copy)
 
 
 def _announce(entry: Entry, prompt: bool) -> None:

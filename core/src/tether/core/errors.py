@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class TetherError(Exception):
@@ -34,6 +35,8 @@ class PolicyError(TetherError):
 
     def __init__(self, issues: list[PolicyIssue]) -> None:
         self.issues = issues
+        #: the part of an invalid policy that is valid, and its source map, to check it further
+        self.partial: tuple[Any, Any] | None = None
         count = f"{len(issues)} problem{'s' if len(issues) != 1 else ''}"
         super().__init__(f"invalid policy ({count}):\n" + "\n".join(f"  {i}" for i in issues))
 

@@ -176,23 +176,39 @@ class _GoogleCel:
         try:
             return self._env.Activation(variables)
         except (RuntimeError, ValueError, TypeError, UnicodeError) as exc:
-            raise ConditionFailed(f"cannot pass these values to CEL: {exc}") from None
+            raise ConditionFailed(f"cannot pass these values to CEL: {_runtime_message(str(exc))}") from None
 
     def run(self, program: Any, activation: Any) -> Any:
         """Run with an activation, or straight from a dict of variables (cheaper for one condition)."""
-        if type(activation) is dict:
-            if _has_nul_bytes(activation):
-                raise ConditionFailed(_NUL_MESSAGE)
-            try:
-                result = program.eval(data=activation)
-            except (RuntimeError, ValueError, TypeError, UnicodeError) as exc:
-                raise ConditionFailed(f"cannot pass these values to CEL: {exc}") from None
-        else:
-            result = program.eval(activation)
+        if type(activation) is dict and _has_nul_bytes(activation):
+            raise ConditionFailed(_NUL_MESSAGE)
+        try:
+            result = program.eval(data=activation) if type(activation) is dict else program.eval(activation)
+        except (RuntimeError, ValueError, TypeError, UnicodeError) as exc:
+            raise ConditionFailed(_runtime_message(str(exc))) from None
         value = result.value()
         if value is not True and value is not False and result.type() == self._cel.Type.ERROR:
-            raise ConditionFailed(str(value))
+            raise ConditionFailed(_runtime_message(str(value)))
         return value
+
+
+_STATUS = re.compile(r"^(?:[A-Z_]+: )+|\s*\[[A-Z_]+\]$")
+#: what the C++ runtime's own messages mean, said without the values they quote
+_RUNTIME_MESSAGES = (
+    (re.compile(r"Iteration budget exceeded"), "it loops over more elements than CEL's iteration budget allows"),
+    (re.compile(r"Integer value .* out of range"), "an integer in the data it reads is outside CEL's 64-bit range"),
+    (re.compile(r"Non-CEL value type .*: (\w+)\.?$"), "a value of type {0} cannot be passed to CEL"),
+)
+
+
+def _runtime_message(text: str) -> str:
+    """The C++ runtime's error as a person reads it: status codes dropped, known errors named."""
+    text = _STATUS.sub("", text.strip())
+    for pattern, meaning in _RUNTIME_MESSAGES:
+        found = pattern.search(text)
+        if found:
+            return meaning.format(*found.groups())
+    return text
 
 
 # cel-expr-python 0.1 cuts bytes at the first NUL, so a condition would see different data than

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .approvals import ApprovalAnswer, ApprovalRequest, Approver
+from .approvals import ApprovalAnswer, ApprovalRequest, Approver, Unanswered
 from .audit.events import Kind, NewEvent
 from .audit.store import AuditStore
 from .behaviour import Behaviour
@@ -20,14 +20,13 @@ from .classify import Classifier
 from .decision import ERROR_RULE, Decision, Enforcement, Ruling, ToolCall, decide, redact_args
 from .errors import StoreError, TetherError, UnsupportedValueError
 from .keys import fingerprint
-from .policy.compile import CompiledPolicy, compile_policy
-from .policy.loader import read_policy
+from .policy.compile import CompiledPolicy, load_policy
 from .policy.schema import Mode, Policy, Trust, Verdict
-from .protect import Held, check_call, held_back, stricter
+from .protect import Held, check_call, combine, held_back
 from .provenance import content_values, fingerprints, reads_like_instructions, strings, trusted_parts
-from .redact import Preview, mask, mask_values, preview
+from .redact import Preview, mask, mask_values, preview, user_ref
 from .state import SessionState
-from .values import Plain, canonical_json, clean_str, to_plain
+from .values import Plain, as_text, canonical_json, clean_str, to_plain
 
 log = logging.getLogger("tether")
 _MAX_SESSIONS = 10_000  # sessions kept in memory; older ones are rebuilt from the audit if they return
@@ -63,7 +62,7 @@ class Guard:
         approver: Approver | None = None,
         mode: Mode | str | None = None,
     ) -> None:
-        self.policy = policy if isinstance(policy, CompiledPolicy) else compile_policy(*read_policy(policy))
+        self.policy = policy if isinstance(policy, CompiledPolicy) else load_policy(policy)
         self.mode = Mode(mode) if mode is not None else self.policy.mode
         self.store = store if isinstance(store, AuditStore) else AuditStore(store)
         self.approver = approver
@@ -131,6 +130,7 @@ class Session:
         self.guard = guard
         self.agent = agent
         self.user = user
+        self._user_ref = user_ref(guard.store.key, user) if user else None  # what the audit stores
         self.tenant = tenant
         self.context = context or {}
         self.parent = parent if parent != state.id else None
@@ -179,7 +179,7 @@ class Session:
             self._load()
             if ruling is None:
                 ruling, findings, extra = self._rule_on(call.tool, plain, now, shown.labels)
-            decision = self._decision(call, ruling)
+            decision = self._decision(call, ruling, findings)
             details = {
                 "call_id": call.call_id,
                 "args": shown.value,
@@ -225,7 +225,7 @@ class Session:
             return ruling, [], {}
         protection, findings = check_call(policy, self._state, tool, plain, labels, self.guard.store.key)
         ruling, more, details = self.guard.behaviour.rule_on(
-            stricter(ruling, protection),
+            combine(ruling, protection),
             self._state,
             self.agent,
             tool,
@@ -242,17 +242,18 @@ class Session:
         try:
             plain = to_plain(args, "args")
         except UnsupportedValueError as exc:
-            return {}, Ruling(Verdict.DENY, f"{exc} (denied: unreadable arguments)", (ERROR_RULE,), error=str(exc))
+            why = mask(str(exc), self.guard.store.key, self.guard.policy.classifier)  # it names keys
+            return {}, Ruling(Verdict.DENY, f"{why} (denied: unreadable arguments)", (ERROR_RULE,), error=why)
         if not isinstance(plain, dict):
             message = f"arguments must be a mapping of names to values, not {type(args).__name__}"
             return {}, Ruling(Verdict.DENY, message, (ERROR_RULE,), error=message)
         return plain, None
 
-    def _decision(self, call: ToolCall, ruling: Ruling) -> Decision:
+    def _decision(self, call: ToolCall, ruling: Ruling, findings: Sequence[str] = ()) -> Decision:
         monitored = self.guard.mode is Mode.MONITOR
         args = call.args
-        if ruling.verdict is Verdict.REDACT and not monitored:
-            args = redact_args(call.args, ruling.redact)
+        if ruling.redact and ruling.verdict in (Verdict.REDACT, Verdict.ASK) and not monitored:
+            args = redact_args(call.args, ruling.redact)  # an approved call is redacted all the same
         return Decision(
             call,
             ruling.verdict,
@@ -265,6 +266,7 @@ class Session:
             self.guard.policy.approval_timeout,
             approvers=ruling.approvers,
             for_session=ruling.for_session,
+            findings=tuple(findings),
         )
 
     def _failed(self, call: ToolCall, message: str) -> Decision:
@@ -331,7 +333,7 @@ class Session:
             decision.event_id,
             self.agent,
             self.id,
-            self.user,
+            self._user_ref,
             self.tenant,
             decision.call.tool,
             preview(plain, key).value,
@@ -343,6 +345,7 @@ class Session:
             provenance=provenance,
             approvers=decision.approvers,
             for_session=decision.for_session,
+            findings=decision.findings,
         )
         answer: ApprovalAnswer | None = None
         why = f"no approval within {request.timeout:g}s"
@@ -351,6 +354,8 @@ class Session:
         else:
             try:
                 answer = approver.request_approval(request)
+            except Unanswered as exc:
+                why = str(exc)
             except Exception as exc:
                 log.exception("approver failed")
                 why = f"the approver failed: {type(exc).__name__}: {exc}"
@@ -363,10 +368,27 @@ class Session:
         if not decision.needs_approval:
             return decision
         try:
-            return self._settle(decision, answer, unanswered)
+            late = self._expired(decision) if answer is not None else None
+            return self._settle(decision, None if late else answer, late or unanswered)
         except Exception as exc:
             log.exception("Tether failed while settling an approval for %s", decision.call.tool)
             return self._failed(decision.call, f"Tether failed while settling the approval: {exc}")
+
+    def _expired(self, decision: Decision) -> str | None:
+        """Why an answer to ``decision`` comes too late, if it does: unanswered within the policy's
+        approval timeout means denied, however the answer arrives (a framework's pause may be
+        resumed days later, in another process)."""
+        timeout = decision.approval_timeout or self.guard.policy.approval_timeout
+        asked = next(
+            (e.ts_us / 1e6 for e in self.guard.store.session_events(self.id) if e.event_id == decision.event_id),
+            None,
+        )
+        if asked is None:
+            return "the decision that asked for approval is not in this session's audit"
+        late = time.time() - (asked + timeout)
+        if late > 0:
+            return f"the answer came {late:.1f}s after the approval request expired (timeout {timeout:g}s)"
+        return None
 
     def _settle(self, decision: Decision, answer: ApprovalAnswer | None, why: str) -> Decision:
         now = time.time()
@@ -522,7 +544,8 @@ class Session:
             return self.guard.store.seen_elsewhere(sensitive, self.id, tenant, by_tenant=by_tenant)
 
         check_others = None if protections.cross_session == "allow" else others
-        return held_back(policy.classifier, clearance, strings(plain), check_others, protections, self.guard.store.key)
+        texts = strings(plain, keys=True)
+        return held_back(policy.classifier, clearance, texts, check_others, protections, self.guard.store.key)
 
     # -- models ------------------------------------------------------------------------------
 
@@ -634,7 +657,7 @@ class Session:
             self.id,
             kind,
             self.agent,
-            self.user,
+            self._user_ref,
             self.tenant,
             tool,
             parent,
@@ -658,8 +681,8 @@ class Session:
 def _plain_or_text(value: Any, name: str) -> Plain:
     try:
         return to_plain(value, name)
-    except UnsupportedValueError:
-        return clean_str(str(value))
+    except UnsupportedValueError:  # not plain data, or nested too deep: recorded (and scanned) as text
+        return as_text(value)
 
 
 def _apply(
@@ -683,7 +706,4 @@ def _apply(
 
 def _shown(value: Any, name: str, key: bytes) -> Preview:
     """A storable preview of anything a tool or model produced; what is not plain data is shown as text."""
-    try:
-        return preview(to_plain(value, name), key)
-    except UnsupportedValueError:
-        return preview(clean_str(str(value)), key)
+    return preview(_plain_or_text(value, name), key)

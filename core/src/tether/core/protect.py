@@ -68,7 +68,12 @@ def check_call(
             INSTRUCTIONS,
             f"untrusted content from {source!r} earlier in this session reads like instructions to the agent",
         )
-    return (max(fired, key=lambda r: _STRICTNESS[r.verdict]) if fired else None), findings
+    if not fired:
+        return None, findings
+    verdict = max((r.verdict for r in fired), key=_STRICTNESS.__getitem__)
+    strongest = [r for r in fired if r.verdict is verdict]  # all of them: a person sees every reason
+    reason = "; ".join(dict.fromkeys(r.reason for r in strongest))
+    return Ruling(verdict, reason, tuple(dict.fromkeys(i for r in strongest for i in r.rule_ids))), findings
 
 
 def _injected(state: SessionState, args: Plain, key: bytes) -> list[tuple[str, str]]:
@@ -83,11 +88,28 @@ def _injected(state: SessionState, args: Plain, key: bytes) -> list[tuple[str, s
     return out
 
 
-def stricter(ruling: Ruling, other: Ruling | None) -> Ruling:
-    """``other`` if it says more than ``ruling`` (deny > ask > redact > allow), else ``ruling``."""
-    if other is None or _STRICTNESS[other.verdict] <= _STRICTNESS[ruling.verdict]:
+def combine(ruling: Ruling, protection: Ruling | None) -> Ruling:
+    """The policy's ruling made as strict as the protection's (deny > ask > redact > allow).
+
+    When both ask, the request carries both reasons, so the person sees what the protection
+    found. A ruling a protection made ask can never be approved for the rest of the session,
+    and keeps the policy's redactions for when it is approved."""
+    if protection is None or _STRICTNESS[protection.verdict] < _STRICTNESS[ruling.verdict]:
         return ruling
-    return other
+    if protection.verdict is Verdict.DENY:
+        return protection
+    if ruling.verdict is Verdict.ASK:
+        return ruling._replace(
+            reason=f"{ruling.reason}; {protection.reason}",
+            rule_ids=ruling.rule_ids + protection.rule_ids,
+            for_session=False,
+        )
+    return protection._replace(redact=ruling.redact)
+
+
+def is_protection(rule_id: str) -> bool:
+    """Whether a rule id names one of Tether's own protections (never covered by a standing approval)."""
+    return rule_id.startswith("tether.")
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,8 @@ _INSTRUCTIONS = compile_pattern(
 _SPACES = re.compile(r"\s+")
 
 
-def strings(value: Any) -> Iterator[str]:
-    """Every string in a plain value (mapping keys excluded), depth first."""
+def strings(value: Any, *, keys: bool = False) -> Iterator[str]:
+    """Every string in a plain value, depth first; mapping keys too if ``keys``."""
     stack = [value]
     while stack:
         item = stack.pop()
@@ -60,6 +60,8 @@ def strings(value: Any) -> Iterator[str]:
             yield item
         elif isinstance(item, dict):
             stack.extend(item.values())
+            if keys:
+                stack.extend(item)
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
 
@@ -108,7 +110,7 @@ def fingerprints(key: bytes, values: set[str] | dict[str, str]) -> dict[str, str
 
 def reads_like_instructions(content: Any) -> bool:
     """Whether text in ``content`` addresses the agent with instructions (an injection's tell)."""
-    return any(_INSTRUCTIONS.search(normalize(text)) for text in strings(content) if len(text) >= 20)
+    return any(_INSTRUCTIONS.search(normalize(text)) for text in strings(content, keys=True) if len(text) >= 20)
 
 
 _TRUSTED_ROLES = frozenset({"system", "developer", "user", "human"})

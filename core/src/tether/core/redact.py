@@ -2,7 +2,9 @@
 
 What reaches the audit is a bounded preview (long strings cut, big containers trimmed) in
 which every sensitive value is replaced by its kind and a keyed fingerprint, plus one
-fingerprint of the whole value, so equal values can still be matched across events.
+fingerprint of the whole value, so equal values can still be matched across events. Mapping
+keys are data too (an address book keyed by email, tokens keyed by themselves): they are
+classified and masked like values.
 """
 
 from __future__ import annotations
@@ -55,11 +57,15 @@ def _preview(value: Plain, key: bytes, labels: set[str], depth: int, classifier:
             if i == MAX_ITEMS:
                 out["…"] = f"{len(value) - MAX_ITEMS} more keys"
                 break
+            shown_name, found = _name(name, key, classifier)
+            labels.update(found)
+            if shown_name in out:  # two keys cut or masked alike: keep both, told apart
+                shown_name += f" [{fingerprint(key, name.encode('utf-8', 'surrogatepass'))}]"
             if _secret_name(name) and item not in (None, ""):
                 labels.add("secret")
-                out[name] = f"[secret:{fingerprint(key, canonical_json(item).encode())}]"
+                out[shown_name] = f"[secret:{fingerprint(key, canonical_json(item).encode())}]"
             else:
-                out[name] = _preview(item, key, labels, depth + 1, classifier)
+                out[shown_name] = _preview(item, key, labels, depth + 1, classifier)
         return out
     if isinstance(value, list):
         items = [_preview(item, key, labels, depth + 1, classifier) for item in value[:MAX_ITEMS]]
@@ -67,6 +73,14 @@ def _preview(value: Plain, key: bytes, labels: set[str], depth: int, classifier:
             items.append(f"… {len(value) - MAX_ITEMS} more items")
         return items
     return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _name(name: str, key: bytes, classifier: Classifier) -> tuple[str, frozenset[str]]:
+    """A mapping key as a preview shows it, and the data classes in it (names repeat on every
+    call: remember the answer)."""
+    labels: set[str] = set()
+    return _text(name, key, labels, classifier), frozenset(labels)
 
 
 def _text(text: str, key: bytes, labels: set[str], classifier: Classifier) -> str:
@@ -126,7 +140,26 @@ def mask_values(value: Plain, spans: frozenset[str], key: bytes, classifier: Cla
                 pos = found.end
         return "".join(parts) + text[pos:] if parts else value
     if isinstance(value, dict):
-        return {name: mask_values(item, spans, key, classifier) for name, item in value.items()}
+        return {
+            _masked_str(name, spans, key, classifier): mask_values(item, spans, key, classifier)
+            for name, item in value.items()
+        }
     if isinstance(value, list):
         return [mask_values(item, spans, key, classifier) for item in value]
     return value
+
+
+def _masked_str(name: str, spans: frozenset[str], key: bytes, classifier: Classifier) -> str:
+    masked = mask_values(name, spans, key, classifier)
+    return masked if isinstance(masked, str) else name
+
+
+def user_ref(key: bytes, user: str) -> str:
+    """How the audit stores a session's user: a keyed fingerprint, never the id itself. The same
+    user always gives the same reference, so the audit can be searched by user (compute the
+    reference of the one you look for); an email address keeps its domain readable and matches
+    the masked form of the same address anywhere else in the audit."""
+    text, found = DEFAULT.classify(user)
+    if len(found) == 1 and found[0].kind == "email" and (found[0].start, found[0].end) == (0, len(text)):
+        return _mask("email", text, key)
+    return f"[user:{fingerprint(key, user.encode('utf-8', 'surrogatepass'))}]"

@@ -50,6 +50,8 @@ def to_plain(value: Any, where: str = "value") -> Plain:
     except UnsupportedValueError:
         _plain(value, where, 0)  # again, tracking where we are, to name the culprit
         raise
+    except RecursionError:  # inside a dataclass's or model's own conversion
+        raise UnsupportedValueError(f"{where} is nested too deeply to inspect") from None
 
 
 _SCALARS = frozenset({type(None), bool, int, float})
@@ -119,3 +121,77 @@ def canonical_json(value: Plain) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return json.dumps(str(value))
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+
+
+class _Text(str):
+    """Punctuation in :func:`as_text`'s work stack: written as is, not quoted like a value."""
+
+
+_CLOSE = (_Text("]"), _Text("}"))
+
+
+def as_text(value: Any) -> str:
+    """``value`` as JSON-like text, however deeply nested or self-referential, without recursion:
+    how Tether records and scans content it cannot convert to plain data. Never raises."""
+    out: list[str] = []
+    stack: list[Any] = [value]
+    inside: dict[int, Any] = {}  # the containers being written (kept alive, so ids stay theirs)
+    while stack:
+        item = stack.pop()
+        if type(item) is _Text:
+            out.append(item)
+            if item in _CLOSE:
+                inside.popitem()
+        elif isinstance(item, str):
+            out.append(json.dumps(clean_str(item), ensure_ascii=False))
+        elif item is None or isinstance(item, (bool, int, float)):
+            out.append(json.dumps(item))
+        elif isinstance(item, (bytes, bytearray, memoryview)):
+            out.append(f"<{len(item)} bytes>")
+        else:
+            container = item if isinstance(item, (Mapping, list, tuple, Set)) else _fields(item)
+            if container is None:
+                out.append(_leaf_text(item))
+            elif id(item) in inside:
+                out.append("[...]")
+            elif (parts := _parts(container)) is None:
+                out.append(f"<unreadable {type(item).__name__}>")
+            else:
+                inside[id(item)] = item
+                stack.extend(reversed(parts))
+    return "".join(out)
+
+
+def _fields(item: Any) -> dict[str, Any] | None:
+    """A dataclass's or pydantic model's fields, one level deep (their own conversions recurse)."""
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return {f.name: getattr(item, f.name, None) for f in dataclasses.fields(item)}
+    if callable(getattr(item, "model_dump", None)) and isinstance(getattr(type(item), "model_fields", None), dict):
+        return {name: getattr(item, name, None) for name in type(item).model_fields}
+    return None
+
+
+def _parts(container: Any) -> list[Any] | None:
+    """A container's opening, items and separators, and its closing, in writing order (None if
+    it cannot be iterated)."""
+    mapping = isinstance(container, Mapping)
+    try:
+        items = list(container.items()) if mapping else [(None, v) for v in container]
+    except Exception:  # noqa: BLE001 - shown as unreadable rather than losing the event
+        return None
+    parts: list[Any] = [_Text("{" if mapping else "[")]
+    for i, (name, item) in enumerate(items):
+        if i:
+            parts.append(_Text(", "))
+        if mapping:
+            parts.append(_Text(json.dumps(_leaf_text(name), ensure_ascii=False) + ": "))
+        parts.append(item)
+    parts.append(_CLOSE[mapping])
+    return parts
+
+
+def _leaf_text(item: Any) -> str:
+    try:
+        return clean_str(item if isinstance(item, str) else str(item))
+    except Exception:  # noqa: BLE001 - a str() that recurses or fails must not lose the event
+        return f"<unreadable {type(item).__name__}>"

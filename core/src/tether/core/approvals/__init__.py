@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..errors import TetherError
+
 
 @dataclass(frozen=True)
 class ApprovalRequest:
@@ -31,6 +33,7 @@ class ApprovalRequest:
     provenance: tuple[Mapping[str, str], ...] = ()  # untrusted content that preceded it: {tool, event_id}
     approvers: frozenset[str] | None = None  # who may answer (None: anyone)
     for_session: bool = False  # whether it may be approved for the rest of the session
+    findings: tuple[str, ...] = ()  # what Tether's protections found in the call
 
 
 #: How far an approval reaches: this one call, or every call of this tool by this agent in the session.
@@ -46,11 +49,17 @@ class ApprovalAnswer:
     scope: str = ONCE
 
 
+class Unanswered(TetherError):
+    """Raised by an approver that has no answer for a reason other than the timeout: the call is
+    denied with this message as the reason."""
+
+
 class Approver(Protocol):
     def request_approval(self, request: ApprovalRequest) -> ApprovalAnswer | None:
-        """Block until a person answers; ``None`` once ``request.timeout`` has passed."""
+        """Block until a person answers; ``None`` once ``request.timeout`` has passed (or raise
+        :class:`Unanswered` saying why there is no answer)."""
 
 
 from .terminal import ConsoleApprover  # noqa: E402 - it builds on the types above
 
-__all__ = ["FOR_SESSION", "ONCE", "ApprovalAnswer", "ApprovalRequest", "Approver", "ConsoleApprover"]
+__all__ = ["FOR_SESSION", "ONCE", "ApprovalAnswer", "ApprovalRequest", "Approver", "ConsoleApprover", "Unanswered"]

@@ -27,9 +27,10 @@ from ..audit.events import Kind, NewEvent
 from ..audit.schema import approvals as table
 from ..audit.store import AuditStore
 from ..errors import TetherError
+from ..protect import is_protection
 from ..redact import mask, preview
 from ..values import canonical_json, to_plain
-from . import FOR_SESSION, ONCE, ApprovalAnswer, ApprovalRequest
+from . import FOR_SESSION, ONCE, ApprovalAnswer, ApprovalRequest, Unanswered
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
 MAX_COMMENT = 2000
@@ -92,6 +93,16 @@ def _entry(row: Any) -> Entry:
     return Entry(**values)
 
 
+def _covers(standing: Entry, request: ApprovalRequest) -> bool:
+    """Whether a session-wide approval stands for ``request``: a call the policy asked about for
+    the same reasons (the same rules), in which Tether's protections found nothing new. A call
+    a protection asks about is never covered: the person has not seen that finding."""
+    if any(is_protection(rule) for rule in request.rule_ids):
+        return False
+    same_rules = sorted(standing.request.get("rule_ids", [])) == sorted(request.rule_ids)
+    return same_rules and set(request.findings) <= set(standing.request.get("findings") or [])
+
+
 class ApprovalQueue:
     """Pending approvals in an audit store, and the answers to them."""
 
@@ -117,6 +128,7 @@ class ApprovalQueue:
                 "rule_ids": list(request.rule_ids),
                 "labels": list(request.labels),
                 "provenance": [dict(p) for p in request.provenance],
+                "findings": list(request.findings),
             }
             connection.execute(
                 table.insert().values(
@@ -142,18 +154,17 @@ class ApprovalQueue:
 
     def _earlier(self, connection: sa.Connection, request: ApprovalRequest) -> Entry | None:
         standing = connection.execute(
-            sa.select(table)
-            .where(
+            sa.select(table).where(
                 table.c.session_id == request.session_id,
                 table.c.agent == request.agent,
                 table.c.tool == request.tool,
                 table.c.status == APPROVED,
                 table.c.scope == FOR_SESSION,
             )
-            .limit(1)
-        ).first()
-        if standing is not None:
-            return _entry(standing)
+        )
+        covering = next((e for e in map(_entry, standing) if _covers(e, request)), None)
+        if covering is not None:
+            return covering
         same_call = connection.execute(
             sa.select(table)
             .where(
@@ -376,7 +387,10 @@ class QueueApprover:
         if answered is None or answered.answer is None:
             return None
         if answered.scope != FOR_SESSION and not self.queue.consume(answered.id):
-            return None  # another process applied this answer already: it must not run twice
+            raise Unanswered(  # another agent or process applied this answer: it must not run twice
+                f"the answer to request {answered.id} was already used by an identical call; "
+                "an approval runs one call once"
+            )
         return answered.answer
 
     def _wait(self, entry: Entry) -> Entry | None:

@@ -24,8 +24,22 @@ def _status(entry: Entry) -> str:
 
 
 def approval_line(entry: Entry) -> str:
-    reason = entry.request.get("reason", "")
-    return f"{entry.id}  {entry.agent} -> {entry.tool}  [{_status(entry)}]  {reason[:80]}"
+    reason = str(entry.request.get("reason", ""))
+    reason = reason if len(reason) <= 80 else reason[:79] + "…"
+    return f"{entry.id}  {entry.agent} -> {entry.tool}  [{_status(entry)}]  {reason}"
+
+
+def approval_lines(entries: Sequence[Entry]) -> list[str]:
+    """Requests one a line, the columns lined up."""
+    who = [f"{e.agent} -> {e.tool}" for e in entries]
+    status = [f"[{_status(e)}]" for e in entries]
+    w1, w2 = max(map(len, who), default=0), max(map(len, status), default=0)
+    lines = []
+    for entry, call, state in zip(entries, who, status, strict=True):
+        reason = str(entry.request.get("reason", ""))
+        reason = reason if len(reason) <= 80 else reason[:79] + "…"
+        lines.append(f"{entry.id}  {call:<{w1}}  {state:<{w2}}  {reason}")
+    return lines
 
 
 def approval_details(entry: Entry, session_events: Sequence[AuditEvent]) -> list[str]:
@@ -43,6 +57,7 @@ def approval_details(entry: Entry, session_events: Sequence[AuditEvent]) -> list
         f"approvers {', '.join(entry.approvers) if entry.approvers is not None else 'anyone'}"
         + ("; may be approved for the rest of the session" if entry.for_session else ""),
     ]
+    lines += [f"found     {finding}" for finding in request.get("findings") or []]
     if request.get("labels"):
         lines.append(f"data seen {', '.join(request['labels'])}")
     by_id = {event.event_id: event for event in session_events}

@@ -1,10 +1,15 @@
 """``tether serve``: a small web page to answer approval requests.
 
 No anonymous access: people sign in with a token set when the server starts, either their own
-(``NAME=TOKEN``: the token says who they are) or a shared one (they give their name). Forms
-carry a per-sign-in CSRF token, cookies are HttpOnly and SameSite=Strict, every value shown is
-HTML-escaped, and the page sends a content security policy that allows no script at all. It
-binds to 127.0.0.1 unless told otherwise; anything wider belongs behind a TLS proxy.
+(``NAME=TOKEN``: the token says who they are) or a shared one (they give their name). Every
+form carries a CSRF token (the sign-in form too), cookies are HttpOnly and SameSite=Strict,
+every value shown is HTML-escaped, and the page sends a content security policy that allows no
+script at all. It binds to 127.0.0.1 unless told otherwise; anything wider belongs behind a TLS
+proxy.
+
+Every request is bounded before anyone signs in (:class:`Limits`): the time to send it, the
+time a connection may sit idle, the size of its head and of its form, and how many connections
+are open at once. A malformed or missing ``Content-Length`` is refused with 400 or 411.
 
 It is built on the standard library's HTTP server: a handful of routes do not justify a web
 framework as a dependency of every install.
@@ -12,10 +17,16 @@ framework as a dependency of every install.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import html
+import io
 import json
+import logging
+import re
 import secrets
+import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,8 +45,23 @@ from .queue import MAX_COMMENT, PENDING, ApprovalQueue, Entry
 from .render import approval_details, approval_line
 
 COOKIE = "tether_session"
+LOGIN_COOKIE = "tether_login"  # ties the sign-in form to the browser that loaded it
 SIGN_IN_HOURS = 8
 MAX_BODY = 64 * 1024
+_LENGTH = re.compile(r"[0-9]{1,12}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may take of the server, signed in or not."""
+
+    body: int = MAX_BODY  # bytes of a form
+    head: int = 32 * 1024  # bytes of a request line and its headers
+    idle: float = 10.0  # seconds without a byte from the client before the connection is closed
+    request: float = 30.0  # seconds to send one whole request
+    connections: int = 32  # open at once; more are turned away with 503
+
+
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'",
@@ -70,6 +96,7 @@ class ApprovalSite:
         self.tokens = tokens  # token -> the person it names, or None for a shared token
         self.sign_ins: dict[str, _SignIn] = {}
         self.lock = threading.Lock()
+        self._secret = secrets.token_bytes(32)  # signs the sign-in form's CSRF tokens
 
     def sign_in(self, token: str, name: str) -> tuple[str, _SignIn] | None:
         """A new sign-in (and its cookie value) for a known token; None for a wrong one."""
@@ -105,15 +132,85 @@ class ApprovalSite:
             return None
         return morsel.value, sign_in
 
-    def serve(self, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
+    def login_token(self, nonce: str) -> str:
+        """The sign-in form's CSRF token for the browser holding ``nonce`` in its login cookie."""
+        return hmac.new(self._secret, nonce.encode(), "sha256").hexdigest()
+
+    def serve(self, host: str = "127.0.0.1", port: int = 8765, *, limits: Limits | None = None) -> ThreadingHTTPServer:
         """A server ready to ``serve_forever()``; port 0 picks a free one (``server.server_port``)."""
-        site = self
+        site, bounds = self, limits or Limits()
 
         class Handler(_Handler):
             pass
 
-        Handler.site = site
-        return ThreadingHTTPServer((host, port), Handler)
+        Handler.site, Handler.limits, Handler.timeout = site, bounds, bounds.idle
+        return _Server((host, port), Handler, bounds.connections)
+
+
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, up to a limit: past it, a connection gets 503 and is closed."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], connections: int) -> None:
+        self._slots = threading.BoundedSemaphore(connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.settimeout(1.0)
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-request is routine; anything else is logged, not printed."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            logging.getLogger("tether").exception("the approval page failed on a request")
+
+
+class _TooLarge(Exception):
+    """The client sent more than the request's head (or its announced body) may hold."""
+
+
+class _BoundedReader(io.RawIOBase):
+    """Reads from a client within a deadline and a byte budget, reset for each request: no
+    request can take longer than ``limits.request``, sit idle longer than ``limits.idle`` or
+    send more than it may."""
+
+    def __init__(self, connection: socket.socket, limits: Limits) -> None:
+        self._connection, self._limits = connection, limits
+        self.start()
+
+    def start(self) -> None:
+        self.deadline = time.monotonic() + self._limits.request
+        self.budget = self._limits.head
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took too long")
+        if self.budget <= 0:
+            raise _TooLarge
+        self._connection.settimeout(min(self._limits.idle, left))
+        view = memoryview(buffer)[: self.budget]
+        received = self._connection.recv_into(view)
+        self.budget -= received
+        return received
 
 
 def _page(title: str, body: str, who: str | None = None, csrf: str = "") -> bytes:
@@ -153,15 +250,35 @@ def _answer_forms(entry: Entry, csrf: str) -> str:
 
 class _Handler(BaseHTTPRequestHandler):
     site: ApprovalSite
+    limits: Limits
     server_version = "tether"
     sys_version = ""
+    default_request_version = "HTTP/1.0"  # so even a refusal of a garbled request line has a status line
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # request lines may carry ids; the audit is the record that matters
 
     # -- plumbing ----------------------------------------------------------------------------
 
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()
+        self._reader = _BoundedReader(self.connection, self.limits)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        self._reader.start()
+        # What an error reply needs, in case one is sent before the request line is read.
+        self.request_version, self.command, self.requestline = "HTTP/1.0", "", ""
+        try:
+            super().handle_one_request()
+        except _TooLarge:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Request head too large")
+
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.connection.settimeout(self.limits.idle)  # a client that does not read cannot hold us
         self.send_response(status)
         for name, value in {**_HEADERS, "Content-Type": "text/html; charset=utf-8", **(headers or {})}.items():
             self.send_header(name, value)
@@ -172,13 +289,43 @@ class _Handler(BaseHTTPRequestHandler):
     def _redirect(self, where: str, headers: dict[str, str] | None = None) -> None:
         self._send(HTTPStatus.SEE_OTHER, b"", {"Location": where, **(headers or {})})
 
+    def _refuse(self, status: int, title: str, why: str) -> None:
+        self.close_connection = True  # the body may be unread: nothing more on this connection
+        self._send(status, _page(title, f"<p>{html.escape(why)}</p>"), {"Connection": "close"})
+
     def _form(self) -> dict[str, str] | None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _page("Too large", "<p>That form was too large.</p>"))
+        """The posted form, or None once a refusal is sent (its length missing, malformed,
+        conflicting or too large; a body cut short)."""
+        lengths = self.headers.get_all("Content-Length") or []
+        if self.headers.get("Transfer-Encoding"):
+            self._refuse(HTTPStatus.LENGTH_REQUIRED, "Length required", "Send the form with a Content-Length.")
             return None
-        fields = parse_qs(self.rfile.read(length).decode("utf-8", "replace"), keep_blank_values=True)
+        if not lengths:
+            self._refuse(HTTPStatus.LENGTH_REQUIRED, "Length required", "A form needs a Content-Length.")
+            return None
+        if len({v.strip() for v in lengths}) != 1 or not _LENGTH.fullmatch(lengths[0].strip()):
+            self._refuse(HTTPStatus.BAD_REQUEST, "Bad request", "The Content-Length is not a single number.")
+            return None
+        length = int(lengths[0])
+        if length > self.limits.body:
+            self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Too large", "That form was too large.")
+            return None
+        self._reader.budget += length
+        body = self.rfile.read(length)
+        if len(body) != length:
+            self._refuse(HTTPStatus.BAD_REQUEST, "Bad request", "The form was cut short.")
+            return None
+        fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
         return {name: values[0] for name, values in fields.items()}
+
+    def _cookie(self, name: str) -> str | None:
+        jar = SimpleCookie()
+        try:
+            jar.load(self.headers.get("Cookie") or "")
+        except CookieError:
+            return None
+        morsel = jar.get(name)
+        return morsel.value if morsel is not None else None
 
     def _signed_in(self) -> tuple[str, _SignIn] | None:
         found = self.site.session_of(self.headers.get("Cookie"))
@@ -232,14 +379,23 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _login_page(self, error: str = "", status: int = HTTPStatus.OK) -> None:
         note = f'<p class="error">{html.escape(error)}</p>' if error else ""
+        nonce = secrets.token_urlsafe(24)
         body = (
-            f'{note}<form method="post" action="/login"><p><label>Token <input type="password" name="token" '
+            f'{note}<form method="post" action="/login"><input type="hidden" name="csrf" '
+            f'value="{self.site.login_token(nonce)}"><p><label>Token <input type="password" name="token" '
             f'autocomplete="off"></label></p><p><label>Your name (if the token is shared) <input type="text" '
             f'name="name"></label></p><button>Sign in</button></form>'
         )
-        self._send(status, _page("Sign in to Tether approvals", body))
+        cookie = f"{LOGIN_COOKIE}={nonce}; Path=/login; HttpOnly; SameSite=Strict; Max-Age=3600"
+        self._send(status, _page("Sign in to Tether approvals", body), {"Set-Cookie": cookie})
 
     def _login(self, form: dict[str, str]) -> None:
+        nonce = self._cookie(LOGIN_COOKIE)
+        if nonce is None or not hmac.compare_digest(form.get("csrf", ""), self.site.login_token(nonce)):
+            return self._send(  # a sign-in posted from another site, or from a stale page
+                HTTPStatus.FORBIDDEN,
+                _page("Refused", '<p>The sign-in form expired; <a href="/login">load it again</a>.</p>'),
+            )
         signed_in = self.site.sign_in(form.get("token", ""), form.get("name", ""))
         if signed_in is None:
             time.sleep(0.5)  # slows down guessing

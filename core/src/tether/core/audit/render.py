@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .events import AuditEvent, Kind
@@ -29,10 +29,10 @@ def summary(event: AuditEvent) -> str:
         verdict = (event.verdict or "?").upper()
         if d.get("enforcement") == "monitored":
             verdict += " (monitor: not enforced)"
-        return (
-            f"{verdict:<5} {event.tool}({_compact(d.get('args', {}), 60)})  "
-            f"{d.get('reason', '')} [{', '.join(d.get('rule_ids', []))}]"
-        )
+        reason = str(d.get("reason", ""))
+        unnamed = [rule for rule in d.get("rule_ids", []) if rule not in reason]  # each rule named once
+        rules = f" [{', '.join(unnamed)}]" if unnamed else ""
+        return f"{verdict:<5} {event.tool}({_compact(d.get('args', {}), 60)})  {reason}{rules}"
     if event.kind == Kind.APPROVAL:
         verb = "APPROVED" if event.verdict == "allow" else "DENIED"
         return f"{verb} {event.tool}: {d.get('reason', '')}"
@@ -60,7 +60,22 @@ def summary(event: AuditEvent) -> str:
 
 
 def tail_line(event: AuditEvent) -> str:
-    return _clip(f"{when(event)}  {event.session_id} #{event.seq}  {event.agent or '-'}  {summary(event)}")
+    return tail_lines([event])[0]
+
+
+def tail_lines(events: Sequence[AuditEvent]) -> list[str]:
+    """Recent events, one a line, their columns lined up (long session ids and agent names cut)."""
+    where = [f"{_cut(e.session_id, 40)} #{e.seq}" for e in events]
+    agents = [_cut(e.agent or "-", 24) for e in events]
+    w1, w2 = max(map(len, where), default=0), max(map(len, agents), default=0)
+    return [
+        _clip(f"{when(e)}  {place:<{w1}}  {agent:<{w2}}  {summary(e)}")
+        for e, place, agent in zip(events, where, agents, strict=True)
+    ]
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def session_lines(events: Iterable[AuditEvent]) -> list[str]:

@@ -100,3 +100,12 @@ baselines = Table(
     Column("sessions", Integer, nullable=False),
     Column("data", Text, nullable=False),  # JSON: counts, tools, fingerprints of destinations
 )
+
+checkpoints = Table(
+    "tether_checkpoints",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("ts_us", BigInteger, nullable=False),
+    Column("last_id", BigInteger, nullable=False),  # the head's row id in the log it checkpoints
+    Column("body", Text, nullable=False),  # the signed checkpoint, as JSON
+)

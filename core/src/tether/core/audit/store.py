@@ -26,7 +26,8 @@ from sqlalchemy.engine import Engine, make_url
 from ..errors import StoreError
 from ..keys import key_id, load_key
 from .chain import GENESIS, HASH_FORMAT, event_hash
-from .events import AuditEvent, NewEvent
+from .checkpoints import Checkpoints, sinks_for
+from .events import AuditEvent, Kind, NewEvent
 from .schema import SCHEMA_REVISION, VERSION_TABLE, events, meta, sensitive_values
 
 STORE_ENV = "TETHER_STORE"
@@ -227,6 +228,8 @@ class _Writer:
                     found = cursor.fetchone()
                     heads[e.session_id] = (found[0], found[1]) if found else (-1, GENESIS)
                 seq, prev_hash = heads[e.session_id]
+                if e.kind == Kind.SESSION and seq >= 0:
+                    continue  # another process started this session first
                 seq += 1
                 digest = event_hash(self._key, e, seq, prev_hash, log_prev)
                 rows.append(
@@ -252,7 +255,7 @@ class _Writer:
                 log_prev = digest
             if len(rows) == 1:  # the common case; executemany costs more for one row
                 cursor.execute(self._insert, rows[0])
-            else:
+            elif rows:
                 cursor.executemany(self._insert, rows)
             if self._sqlite:
                 cursor.execute("COMMIT")
@@ -328,8 +331,16 @@ class SessionSummary:
 class AuditStore:
     """Where audit events live. ``url`` is a SQLAlchemy URL; the default is a local SQLite file."""
 
-    def __init__(self, url: str | None = None, *, key: bytes | None = None, create: bool = True) -> None:
-        """Open (and with ``create``, make) the store at ``url``."""
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        key: bytes | None = None,
+        create: bool = True,
+        checkpoints: Sequence[str] | None = None,
+    ) -> None:
+        """Open (and with ``create``, make) the store at ``url``. ``checkpoints``: where to keep
+        checkpoints of the log's head (see :mod:`tether.core.audit.checkpoints`)."""
         self.url = url or default_store_url()
         if not create and self._missing():
             raise StoreError(
@@ -345,6 +356,7 @@ class AuditStore:
             raise StoreError(f"cannot open the audit store {self.location}: {exc}") from exc
         self._writer = _Writer(self.engine, self.key)
         self._commit = _GroupCommit(self._writer.write)
+        self.checkpoints = Checkpoints(self, sinks_for(self, checkpoints))
         self._checkpointer: _Checkpointer | None = None
         database = make_url(self.url).database
         if self.engine.dialect.name == "sqlite" and database and database != ":memory:":
@@ -397,18 +409,27 @@ class AuditStore:
     def append(self, batch: Sequence[NewEvent]) -> None:
         """Write ``batch``; return once it is committed. Raise :class:`StoreError` if it is not."""
         self._commit.submit(batch)
+        self.checkpoints.written(len(batch))
 
     def session_events(self, session_id: str) -> list[AuditEvent]:
         query = sa.select(events).where(events.c.session_id == session_id).order_by(events.c.seq)
         return list(self._read(query))
 
     def events(
-        self, *, session_id: str | None = None, after_id: int | None = None, last: int | None = None
+        self,
+        *,
+        session_id: str | None = None,
+        after_id: int | None = None,
+        last: int | None = None,
+        user: str | None = None,
     ) -> Iterator[AuditEvent]:
-        """Events oldest first, optionally one session's, after a row id, or only the ``last`` n."""
+        """Events oldest first, optionally one session's, after a row id, or only the ``last`` n;
+        ``user`` is a user reference as stored (:func:`tether.core.redact.user_ref`)."""
         query = sa.select(events)
         if session_id is not None:
             query = query.where(events.c.session_id == session_id)
+        if user is not None:
+            query = query.where(events.c.user_id == user)
         if after_id is not None:
             query = query.where(events.c.id > after_id)
         if last is not None:
@@ -467,6 +488,7 @@ class AuditStore:
             raise StoreError(f"cannot read the audit store {self.location}: {exc}") from exc
 
     def close(self) -> None:
+        self.checkpoints.close()
         if self._checkpointer is not None:
             self._checkpointer.stop()
         self._writer.close()

@@ -1,6 +1,6 @@
 """Policy: the schema, the YAML loader and the compiler."""
 
-from .compile import CompiledPolicy, compile_policy
+from .compile import CompiledPolicy, compile_policy, load_policy
 from .loader import parse_policy, read_policy
 from .schema import AgentSpec, Effect, Grant, Limits, Mode, Policy, Rule, ToolSpec, Trust, Verdict, mcp_tool
 
@@ -18,6 +18,7 @@ __all__ = [
     "Verdict",
     "compile_policy",
     "mcp_tool",
+    "load_policy",
     "parse_policy",
     "read_policy",
 ]

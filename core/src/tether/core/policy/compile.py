@@ -10,8 +10,10 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import hashlib
+import os
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +21,7 @@ from ..classify import DEFAULT, DETECTORS, Classifier, Detector
 from ..errors import PolicyError, PolicyIssue, TetherError
 from ..expr import Condition, ConditionError, compile_condition, merge_fields, select
 from ..values import canonical_json
-from .loader import KeyPath, Source, format_path
+from .loader import KeyPath, Source, format_path, read_policy
 from .schema import AgentSpec, Grant, Policy, Rate, Rule, ToolSpec, Verdict
 
 if TYPE_CHECKING:
@@ -321,3 +323,24 @@ def _check_selectors(
 def _hint(name: str, known: set[str]) -> str:
     close = difflib.get_close_matches(name, sorted(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_policy(source: str | os.PathLike[str] | Mapping[str, Any] | Policy) -> CompiledPolicy:
+    """Read, validate and compile a policy (a YAML path, a mapping or a :class:`Policy`).
+
+    A :class:`PolicyError` lists every problem: when part of the policy does not fit the schema,
+    the rest is still compiled, so its unknown names and broken conditions are reported too."""
+    try:
+        policy, where = read_policy(source)
+    except PolicyError as exc:
+        if exc.partial is None or exc.partial[0] is None:
+            raise
+        try:
+            compile_policy(*exc.partial)
+        except PolicyError as more:
+            seen = {str(issue) for issue in exc.issues}
+            issues = exc.issues + [issue for issue in more.issues if str(issue) not in seen]
+            issues.sort(key=lambda i: (i.line or 0, i.column or 0))
+            raise PolicyError(issues) from None
+        raise
+    return compile_policy(policy, where)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import types
@@ -13,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import PolicyError, PolicyIssue
-from .schema import Policy
+from .schema import Policy, Rule
 
 KeyPath = tuple[Any, ...]
 
@@ -128,25 +129,111 @@ def _validate(data: dict[str, Any], where: Source) -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        messages: dict[KeyPath, list[str]] = {}
-        at_key: set[KeyPath] = set()
-        got: dict[KeyPath, str] = {}
+        error = PolicyError(_issues(exc, data, where))
+        # What is valid is still checked (references, conditions), so one run reports every problem.
+        error.partial = _valid_part(data, exc), where
+        raise error from None
+
+
+def _issues(exc: ValidationError, data: dict[str, Any], where: Source) -> list[PolicyIssue]:
+    messages: dict[KeyPath, list[str]] = {}
+    at_key: set[KeyPath] = set()
+    got: dict[KeyPath, str] = {}
+    for err in exc.errors():
+        path = _data_path(err["loc"], data)
+        text = _message(err, path)
+        if text not in messages.setdefault(path, []):
+            messages[path].append(text)
+        if err["type"] in ("extra_forbidden", "missing") or "[key]" in err["loc"]:
+            at_key.add(path)
+        value = err.get("input")
+        if err["type"] not in ("value_error", "missing", "extra_forbidden") and _scalar(value):
+            got[path] = f" (got {value!r})"
+    issues = [
+        where.issue(path, " or ".join(texts) + got.get(path, ""), at_key=path in at_key)
+        for path, texts in messages.items()
+    ]
+    issues.sort(key=lambda i: (i.line or 0, i.column or 0))
+    return issues
+
+
+def _valid_part(data: dict[str, Any], exc: ValidationError) -> Policy | None:
+    """The policy with each invalid part replaced by a neutral stand-in (an unknown key dropped,
+    a missing name filled in, a broken rule made inert), or None if that does not validate.
+    Stand-ins keep every name and every list position, so what is checked next reports only
+    problems that are really there, at their own lines."""
+    data = copy.deepcopy(data)
+    for _ in range(8):
         for err in exc.errors():
-            path = _data_path(err["loc"], data)
-            text = _message(err, path)
-            if text not in messages.setdefault(path, []):
-                messages[path].append(text)
-            if err["type"] in ("extra_forbidden", "missing") or "[key]" in err["loc"]:
-                at_key.add(path)
-            value = err.get("input")
-            if err["type"] not in ("value_error", "missing", "extra_forbidden") and _scalar(value):
-                got[path] = f" (got {value!r})"
-        issues = [
-            where.issue(path, " or ".join(texts) + got.get(path, ""), at_key=path in at_key)
-            for path, texts in messages.items()
-        ]
-        issues.sort(key=lambda i: (i.line or 0, i.column or 0))
-        raise PolicyError(issues) from None
+            if not _stand_in(data, _data_path(err["loc"], data)):
+                return None
+        try:
+            return Policy.model_validate(data)
+        except ValidationError as again:
+            exc = again
+    return None
+
+
+_OPTIONAL_IN_RULE = ("agents", "tools", "effects", "when", "redact", "approvers", "approve_for_session")
+
+
+def _stand_in(data: dict[str, Any], path: KeyPath) -> bool:
+    """Make the part of ``data`` at ``path`` valid without changing what else it says."""
+    if not path:
+        return False
+    section, rest = path[0], path[1:]
+    if section == "version":
+        data["version"] = 1
+    elif section in ("tools", "agents", "classes") and rest and isinstance(data.get(section), dict):
+        entries = data[section]
+        if section == "tools":
+            _drop_or_reset(entries, rest, {})
+        elif section == "classes":
+            entries.pop(rest[0], None)
+        elif len(rest) >= 3 and rest[1] == "tools" and isinstance((entries.get(rest[0]) or {}).get("tools"), dict):
+            _drop_or_reset(entries[rest[0]]["tools"], rest[2:], {})  # a grant
+        elif len(rest) >= 2 and isinstance(entries.get(rest[0]), dict):
+            agent = entries[rest[0]]
+            if rest[1] in ("purpose", "owner"):
+                agent[rest[1]] = "?"
+            else:
+                agent.pop(rest[1], None)
+        else:
+            entries[rest[0]] = {"purpose": "?", "owner": "?"}
+    elif section == "rules" and rest and isinstance(data.get("rules"), list) and isinstance(rest[0], int):
+        rules, index = data["rules"], rest[0]
+        rule = rules[index] if isinstance(rules[index], dict) else {}
+        key = rest[1] if len(rest) > 1 else None
+        if key == "reason":
+            rule["reason"] = "?"
+        elif key == "id":
+            rule["id"] = f"tether:invalid:{index}"
+        elif key == "action":
+            rule["action"] = "redact" if rule.get("redact") else "ask" if "approvers" in rule else "deny"
+        elif key in _OPTIONAL_IN_RULE or (key is not None and key not in Rule.model_fields):
+            rule.pop(key, None)
+        else:  # the rule as a whole is wrong: keep its place, make it select nothing
+            rule = {"id": f"tether:invalid:{index}", "reason": "?", "action": "allow", "tools": []}
+        rules[index] = rule
+    elif section == "approvals" and len(rest) >= 2 and rest[0] == "groups" and isinstance(data.get("approvals"), dict):
+        groups = data["approvals"].get("groups")
+        if not isinstance(groups, dict):
+            return False
+        groups[rest[1]] = []
+    elif isinstance(data.get(section), dict) and rest:
+        data[section].pop(rest[0], None)  # approvals, protections: every key has a default
+    else:
+        data.pop(section, None)
+    return True
+
+
+def _drop_or_reset(entries: dict[str, Any], rest: KeyPath, empty: dict[str, Any]) -> None:
+    """Drop the bad key of an entry whose keys are all optional, or reset the entry itself."""
+    entry = entries.get(rest[0])
+    if len(rest) >= 2 and isinstance(entry, dict):
+        entry.pop(rest[1], None)
+    else:
+        entries[rest[0]] = dict(empty)
 
 
 def _scalar(value: Any) -> bool:
