@@ -95,7 +95,7 @@ def test_an_mcp_result_is_redacted_and_taints_the_session(store: AuditStore, tmp
     assert (result.tool, result.details["untrusted"]) == ("helpdesk/read_ticket", True)
     assert [tool for tool, _ in ran(log)] == ["read_ticket"]  # the email waited for a person, who did not come
     asked = [e for e in events(guard, "tool.decision") if e.tool == "helpdesk/send_email"]
-    assert [e.details["rule_ids"] for e in asked] == [["external-after-untrusted"]]
+    assert [e.details["rule_ids"][0] for e in asked] == ["external-after-untrusted"]  # then any protection's
 
 
 def test_an_mcp_server_without_a_name_is_refused(store: AuditStore, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from ag2 import Agent
 from tether.ag2 import TetherMiddleware, guard_agent
 from tether.core import AuditStore, Guard, QueueApprover, StoreError
 from tether.core.approvals.queue import ApprovalQueue
+from tether.core.redact import user_ref
 
 from ..support import await_until
 from .conftest import (
@@ -359,7 +360,7 @@ def test_user_and_tenant_are_given_or_taken_from_the_ag2_context(guard: Guard, t
     ask(make_agent(tools, scripted("done"), [from_context]), variables={"user": "bob"})
 
     who = {(e.user_id, e.tenant) for e in events(guard)}
-    assert who == {("alice", "acme"), ("bob", "globex")}
+    assert who == {(user_ref(guard.store.key, "alice"), "acme"), (user_ref(guard.store.key, "bob"), "globex")}
 
 
 def test_a_sub_agent_acts_for_the_same_user_and_tenant(guard: Guard, tools: Tools) -> None:
@@ -376,7 +377,7 @@ def test_a_sub_agent_acts_for_the_same_user_and_tenant(guard: Guard, tools: Tool
 
     decided = events(guard, "tool.decision")
     assert len(decided) == 2  # the delegation and the sub-agent's own lookup
-    assert {(e.user_id, e.tenant) for e in decided} == {("alice", "acme")}
+    assert {(e.user_id, e.tenant) for e in decided} == {(user_ref(guard.store.key, "alice"), "acme")}
 
 
 def test_a_copy_of_a_guarded_agent_that_lost_its_middleware_is_still_decided(guard: Guard, tools: Tools) -> None:

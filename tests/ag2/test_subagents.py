@@ -108,8 +108,8 @@ def test_a_guarded_sub_agent_shares_the_coordinators_session_so_taint_carries_ov
 
     assert tools.runs == {"read_ticket": 1}  # the email waited for a person (after the ticket) and nobody came
     sent = [e for e in events(guard, "tool.decision") if e.tool == "send_email"]
-    assert [(e.agent, e.verdict, e.details["rule_ids"]) for e in sent] == [
-        ("researcher", "ask", ["external-after-untrusted"])
+    assert [(e.agent, e.verdict, e.details["rule_ids"][0]) for e in sent] == [
+        ("researcher", "ask", "external-after-untrusted")  # the policy's rule first, then any protection's
     ]
     delegation = next(e for e in events(guard, "tool.decision") if e.tool == "task_researcher")
     assert sent[0].session_id == delegation.session_id  # one session: the researcher acted in the coordinator's

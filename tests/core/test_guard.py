@@ -244,6 +244,8 @@ def test_an_answer_to_a_frameworks_own_question_is_recorded_under_the_decision(g
     )
     assert "4111 1111 1111 1111" not in event.data
     assert verify(store.key, store.events()).ok
+
+
 def test_an_answer_obtained_elsewhere_after_the_deadline_denies(store: AuditStore) -> None:
     """A framework's own pause (LangGraph's interrupt) may be resumed at any time: an answer that
     comes after the policy's approval timeout is no longer an approval."""

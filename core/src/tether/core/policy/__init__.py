@@ -17,8 +17,8 @@ __all__ = [
     "Trust",
     "Verdict",
     "compile_policy",
-    "mcp_tool",
     "load_policy",
+    "mcp_tool",
     "parse_policy",
     "read_policy",
 ]
