@@ -44,16 +44,16 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install(*nox.project.dependency_groups(PYPROJECT, "typecheck"), "-e", "./core")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "typecheck"), "-e", "./core[mcp]")
     session.run("mypy", "core/src/tether/core")
 
 
 @nox.session
 def core(session: nox.Session) -> None:
-    """The core's tests and the fault suite, on SQLite, and on PostgreSQL when
-    TETHER_TEST_POSTGRES_URL is set."""
-    session.install(*nox.project.dependency_groups(PYPROJECT, "test"), "-e", "./core")
-    session.run("pytest", "tests/core", "tests/faults", *session.posargs)
+    """The core's tests, the fault suite and the MCP gateway's, on SQLite, and on PostgreSQL
+    when TETHER_TEST_POSTGRES_URL is set."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "test"), "-e", "./core[mcp]")
+    session.run("pytest", "tests/core", "tests/faults", "tests/mcp", *session.posargs)
 
 
 @nox.session(name="core-3.10", python="3.10")

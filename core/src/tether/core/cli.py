@@ -564,6 +564,93 @@ def demo(store: str | None, timeout: float | None, interactive: bool | None) -> 
         raise click.ClickException(str(exc)) from None
 
 
+@main.group()
+def mcp() -> None:
+    """The MCP gateway: Tether in front of any MCP server (needs tether[mcp])."""
+
+
+@mcp.command(name="proxy", context_settings={"ignore_unknown_options": True})
+@click.option("--policy", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Policy file.")
+@click.option("--agent", required=True, help="The policy agent the client acts as.")
+@click.option("--server-name", help="The server's name in the policy (server/tool); default: the name it gives.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the server on each request.")
+@_STORE
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def mcp_proxy(
+    policy: Path, agent: str, server_name: str | None, timeout: float, store: str | None, command: tuple[str, ...]
+) -> None:
+    """Speak MCP on stdin/stdout in front of the server started by COMMAND (after --)."""
+    import anyio
+
+    from .guard import Guard
+    from .mcp import Gateway, Upstream
+    from .mcp.serve import serve_stdio
+
+    try:
+        guard = Guard(policy, store=_open(store, create=True))
+    except TetherError as exc:
+        raise click.ClickException(str(exc)) from None
+    upstream = Upstream.command(command[0], list(command[1:]))
+    gateway = Gateway(guard, upstream, agent=agent, server_name=server_name, timeout=timeout)
+    try:
+        anyio.run(serve_stdio, gateway)
+    except Exception as exc:  # noqa: BLE001 - said plainly instead of a task group's traceback
+        raise click.ClickException(f"the MCP gateway stopped: {_first_cause(exc)}") from None
+    finally:
+        guard.close()
+
+
+def _first_cause(exc: BaseException) -> str:
+    """What went wrong, out of the groups a task group wraps it in."""
+    while isinstance(getattr(exc, "exceptions", None), tuple) and exc.exceptions:  # type: ignore[attr-defined]
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    return f"{type(exc).__name__}: {exc}"
+
+
+@mcp.group(name="pins")
+def mcp_pins() -> None:
+    """MCP tool definitions as pinned, and approving the ones that changed or look suspicious."""
+
+
+@mcp_pins.command(name="list")
+@click.argument("server", required=False)
+@_STORE
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def mcp_pins_list(server: str | None, store: str | None, as_json: bool) -> None:
+    """Pinned tools (of one SERVER, or all), with what is wrong with those not approved."""
+    from .mcp.pins import Pins
+
+    pins = Pins(_open(store)).list(server)
+    if as_json:
+        click.echo(json.dumps([vars(pin) | {"findings": list(pin.findings)} for pin in pins], indent=2))
+        return
+    if not pins:
+        click.echo("no pinned tools")
+    for pin in pins:
+        by = f" (by {pin.approved_by})" if pin.status == "approved" and pin.approved_by else ""
+        click.echo(f"{pin.server}/{pin.tool}: {pin.status}{by}")
+        for finding in pin.findings:
+            click.echo(f"  - {finding}")
+
+
+@mcp_pins.command(name="approve")
+@click.argument("tool", metavar="SERVER/TOOL")
+@_STORE
+@_ANSWERER
+def mcp_pins_approve(tool: str, store: str | None, by: str) -> None:
+    """Approve a tool's definition as last seen: it becomes the pin."""
+    from .mcp.pins import Pins
+
+    server, _, name = tool.partition("/")
+    if not name:
+        raise click.ClickException("name the tool as SERVER/TOOL")
+    try:
+        pin = Pins(_open(store)).approve(server, name, by)
+    except TetherError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"approved {pin.server}/{pin.tool} (by {by})")
+
+
 def _open(url: str | None, *, create: bool = False) -> AuditStore:
     try:
         return AuditStore(url, create=create)

@@ -16,6 +16,7 @@ from .approvals import ApprovalAnswer, ApprovalRequest, Approver, Unanswered
 from .audit.events import Kind, NewEvent
 from .audit.store import AuditStore
 from .behaviour import Behaviour
+from .cautions import Caution, apply_cautions
 from .classify import Classifier
 from .decision import ERROR_RULE, Decision, Enforcement, Ruling, ToolCall, decide, redact_args
 from .errors import StoreError, TetherError, UnsupportedValueError
@@ -158,17 +159,19 @@ class Session:
         *,
         call_id: str | None = None,
         caused_by: str | None = None,
+        cautions: Sequence[Caution] = (),
     ) -> Decision:
         """Decide on a call, record the decision durably, and return it. Never raises for a
-        decision: if Tether itself fails, the call is denied (unless in monitor mode)."""
+        decision: if Tether itself fails, the call is denied (unless in monitor mode).
+        ``cautions`` are the caller's own findings about the call (see :mod:`tether.core.cautions`)."""
         call = ToolCall(self.agent, self.id, tool, args if args is not None else {}, call_id, caused_by)
         try:
-            return self._before_tool(call)
+            return self._before_tool(call, cautions)
         except Exception as exc:
             log.exception("Tether failed while deciding on %s", tool)
             return self._record_failure(call, f"Tether failed while deciding: {type(exc).__name__}: {exc}")
 
-    def _before_tool(self, call: ToolCall) -> Decision:
+    def _before_tool(self, call: ToolCall, cautions: Sequence[Caution] = ()) -> Decision:
         now = time.time()
         plain, ruling = self._readable(call.args)
         key, classifier = self.guard.store.key, self.guard.policy.classifier
@@ -179,6 +182,9 @@ class Session:
             self._load()
             if ruling is None:
                 ruling, findings, extra = self._rule_on(call.tool, plain, now, shown.labels)
+            if cautions:
+                ruling, cautioned = apply_cautions(ruling, cautions)
+                findings = cautioned + findings
             decision = self._decision(call, ruling, findings)
             details = {
                 "call_id": call.call_id,
@@ -598,8 +604,11 @@ class Session:
         *,
         call_id: str | None = None,
         caused_by: str | None = None,
+        cautions: Sequence[Caution] = (),
     ) -> Decision:
-        return await asyncio.to_thread(self.before_tool, tool, args, call_id=call_id, caused_by=caused_by)
+        return await asyncio.to_thread(
+            self.before_tool, tool, args, call_id=call_id, caused_by=caused_by, cautions=cautions
+        )
 
     async def aresolve(self, decision: Decision, *, approver: Approver | None = None) -> Decision:
         if not decision.needs_approval:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 
 #: The newest migration; a store at this revision needs no upgrade.
-SCHEMA_REVISION = "0008"
+SCHEMA_REVISION = "0010"
 VERSION_TABLE = "tether_alembic_version"
 
 metadata = MetaData()
@@ -108,4 +108,20 @@ checkpoints = Table(
     Column("ts_us", BigInteger, nullable=False),
     Column("last_id", BigInteger, nullable=False),  # the head's row id in the log it checkpoints
     Column("body", Text, nullable=False),  # the signed checkpoint, as JSON
+)
+
+mcp_pins = Table(
+    "tether_mcp_pins",
+    metadata,
+    Column("server", String(255), primary_key=True),
+    Column("tool", String(255), primary_key=True),
+    Column("digest", String(64), nullable=False),  # SHA-256 of the definition as approved (or first seen)
+    Column("status", String(16), nullable=False),  # approved, suspicious, changed
+    Column("seen_digest", String(64), nullable=False),  # the definition last listed
+    Column("definition", Text, nullable=False),  # JSON, redacted: the definition last listed
+    Column("findings", Text, nullable=False),  # JSON list: what the scan found in it
+    Column("first_seen_us", BigInteger, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+    Column("approved_by", String(255)),
+    Column("approved_us", BigInteger),
 )

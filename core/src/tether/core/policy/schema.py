@@ -186,6 +186,7 @@ class Approvals(_Strict):
 
 
 Outcome = Literal["deny", "ask", "allow"]  # 'allow': record the finding, let the call through
+PinOutcome = Literal["hide", "ask", "allow"]  # 'hide': not listed, and calls to it are denied
 
 
 class Protections(_Strict):
@@ -211,6 +212,12 @@ class Protections(_Strict):
     #: a sensitive value (pii, secret) seen in another session, or another tenant's session
     cross_session: Literal["redact", "deny", "allow"] = "deny"
     isolation: Literal["tenant", "session"] = "tenant"
+    #: an MCP tool whose description or schema changed since it was pinned (a "rug pull"),
+    #: until someone approves the change (``tether mcp pins approve``)
+    changed_tools: PinOutcome = "hide"
+    #: an MCP tool whose description or schema reads like instructions to the model, hides
+    #: characters or carries a secret ("tool poisoning"), until someone approves it
+    suspicious_tools: PinOutcome = "hide"
 
 
 # -- behaviour over time: sequence rules and anomalies (compiled in sequences.py) ------------
