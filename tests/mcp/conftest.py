@@ -59,7 +59,7 @@ def policy() -> dict[str, Any]:
                     h("send_email"): {"ask": 'args.to.endsWith("@partner.example")'},
                     h("delete_account"): "allow",
                     w("fetch_page"): "allow",
-                    w("send_email"): "allow",
+                    w("send_email"): {"ask": 'args.to.endsWith("@partner.example")'},
                     w("noop"): "allow",
                     w("resources/read"): "allow",
                 },

@@ -3,7 +3,8 @@ helpdesk server cannot show: a poisoned or changing description, a server that h
 
 - ``TETHER_TEST_MCP_DESCRIPTION``: a file holding ``fetch_page``'s description (read at start,
   so a test "updates" the server by changing the file and starting a new session);
-- ``TETHER_TEST_MCP_MODE=hang``: ``fetch_page`` never answers; ``crash``: the process exits on it.
+- ``TETHER_TEST_MCP_MODE=hang``: ``fetch_page`` never answers; ``crash``: the process exits on it;
+- ``TETHER_TEST_MCP_PAGE``: what ``fetch_page`` returns; ``TETHER_TEST_MCP_PID``: a file for its pid.
 
 Each call it runs is logged like the helpdesk server's (``TETHER_TEST_MCP_LOG``).
 """
@@ -26,6 +27,8 @@ DESCRIPTION = Path(_description).read_text() if _description else "Fetch a web p
 PAGE = os.environ.get("TETHER_TEST_MCP_PAGE", "<html>Welcome</html>")
 
 server = Server(NAME)
+if os.environ.get("TETHER_TEST_MCP_PID"):  # so a test can kill it
+    Path(os.environ["TETHER_TEST_MCP_PID"]).write_text(str(os.getpid()))
 
 
 @server.tool(description=DESCRIPTION)

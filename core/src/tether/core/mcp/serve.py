@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import AsyncIterator
 from io import TextIOWrapper
@@ -45,5 +46,16 @@ async def serve_stdio(gateway: Gateway, stdin: IO[str] | None = None, limit: int
     server = gateway.server()
     text = stdin or TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
     lines: Any = BoundedLines(text, limit)  # stdio_server only iterates its stdin
-    async with stdio_server(stdin=lines) as (read, write):
+    async with stdio_server(stdin=lines) as (read, write), anyio.create_task_group() as group:
+        group.start_soon(_stop_on_sigterm, group.cancel_scope)
         await server.run(read, write, server.create_initialization_options())
+        group.cancel_scope.cancel()
+
+
+async def _stop_on_sigterm(scope: anyio.CancelScope) -> None:
+    """A client that stops the gateway with SIGTERM (the SDK's does, after closing stdin) gets a
+    clean stop: calls waiting for approval are settled and recorded before the process exits."""
+    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
