@@ -4,6 +4,7 @@ helpdesk server cannot show: a poisoned or changing description, a server that h
 - ``TETHER_TEST_MCP_DESCRIPTION``: a file holding ``fetch_page``'s description (read at start,
   so a test "updates" the server by changing the file and starting a new session);
 - ``TETHER_TEST_MCP_MODE=hang``: ``fetch_page`` never answers; ``crash``: the process exits on it;
+- ``TETHER_TEST_MCP_HTTP_PORT``: serve streamable HTTP on this port of 127.0.0.1 instead of stdio;
 - ``TETHER_TEST_MCP_PAGE``: what ``fetch_page`` returns; ``TETHER_TEST_MCP_PID``: a file for its pid.
 
 Each call it runs is logged like the helpdesk server's (``TETHER_TEST_MCP_LOG``).
@@ -62,4 +63,8 @@ def notes() -> str:
 
 
 if __name__ == "__main__":
-    server.run()
+    if os.environ.get("TETHER_TEST_MCP_HTTP_PORT"):  # streamable HTTP at /mcp instead of stdio
+        server.settings.port = int(os.environ["TETHER_TEST_MCP_HTTP_PORT"])
+        server.run("streamable-http")
+    else:
+        server.run()

@@ -607,6 +607,58 @@ def _first_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@mcp.command(name="serve")
+@click.option("--policy", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Policy file.")
+@click.option("--upstream", "url", required=True, metavar="URL", help="The MCP server's streamable HTTP URL.")
+@click.option(
+    "--upstream-header",
+    "headers",
+    multiple=True,
+    metavar="NAME:VALUE",
+    help="A header sent to the server (its own credentials); repeatable.",
+)
+@click.option("--server-name", help="The server's name in the policy (server/tool); default: the name it gives.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8766, show_default=True, help="Port.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the server on each request.")
+@_STORE
+def mcp_serve(
+    policy: Path,
+    url: str,
+    headers: tuple[str, ...],
+    server_name: str | None,
+    host: str,
+    port: int,
+    timeout: float,
+    store: str | None,
+) -> None:
+    """Serve MCP over streamable HTTP at /mcp in front of a remote server. Clients send an agent
+    credential as a bearer token (tether agents credentials create NAME); it names their agent."""
+    from .guard import Guard
+    from .mcp import Gateway
+    from .mcp.http import serve_http, upstream_url
+
+    sent = {}
+    for header in headers:
+        name, colon, value = header.partition(":")
+        if not colon or not name.strip():
+            raise click.ClickException(f"--upstream-header {header!r}: expected NAME:VALUE")
+        sent[name.strip()] = value.strip()
+    try:
+        guard = Guard(policy, store=_open(store, create=True))
+    except TetherError as exc:
+        raise click.ClickException(str(exc)) from None
+    upstream = upstream_url(url, sent, timeout)
+    gateway = Gateway(guard, upstream, server_name=server_name, timeout=timeout, transport="streamable-http")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {host} without TLS; put the gateway behind a TLS proxy", err=True)
+    click.echo(f"MCP gateway: http://{host}:{port}/mcp in front of {url} (store {guard.store.location})", err=True)
+    try:
+        serve_http(gateway, host, port)
+    finally:
+        guard.close()
+
+
 @mcp.group(name="pins")
 def mcp_pins() -> None:
     """MCP tool definitions as pinned, and approving the ones that changed or look suspicious."""

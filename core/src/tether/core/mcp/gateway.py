@@ -171,9 +171,12 @@ class Gateway:
 
     def tether_session(self, link: Link, server: Server[Link, Any]) -> Session:
         """The Tether session of this MCP session, started on its first request."""
+        context = server.request_context
+        agent = self.agent_of(context)
+        if link.tether is not None and link.tether.agent != agent:
+            message = f"this MCP session belongs to agent {link.tether.agent!r}, not {agent!r}"
+            raise McpError(types.ErrorData(code=types.INVALID_REQUEST, message=message))
         if link.tether is None:
-            context = server.request_context
-            agent = self.agent_of(context)
             info = context.session.client_params.clientInfo if context.session.client_params else None
             client = f"{info.name} {info.version}" if info else "unknown client"
             details = {"mcp_server": link.server, "mcp_client": client, "mcp_transport": link.transport}
@@ -181,10 +184,14 @@ class Gateway:
         return link.tether
 
     def agent_of(self, context: Any) -> str:
-        """The agent an MCP request acts for (over HTTP, the one its credential names)."""
-        if self.agent is None:
-            raise McpError(types.ErrorData(code=types.INVALID_REQUEST, message="no agent for this MCP session"))
-        return self.agent
+        """The agent an MCP request acts for: the gateway's, or over HTTP the one its credential names."""
+        if self.agent is not None:
+            return self.agent
+        user = getattr(getattr(context, "request", None), "scope", {}).get("user")
+        token = getattr(user, "access_token", None)
+        if token is None:
+            raise McpError(types.ErrorData(code=types.INVALID_REQUEST, message="no agent credential for this request"))
+        return str(token.client_id)
 
     # -- tools -------------------------------------------------------------------------------
 
