@@ -72,3 +72,20 @@ def test_calling_a_tool_the_server_does_not_have_is_refused(proxy: Proxy) -> Non
     result = anyio.run(main)
     assert result.isError  # type: ignore[attr-defined]
     assert "does not list a tool 'format_disk'" in text(result)
+
+
+def test_a_resource_read_is_decided_and_its_content_is_untrusted(proxy: Proxy) -> None:
+    from pydantic import AnyUrl
+
+    from tests.mcp import server as web_server
+
+    async def main() -> str:
+        async with proxy.client(web_server.SCRIPT, TETHER_TEST_MCP_PAGE="notes of the day") as client:
+            read = await client.read_resource(AnyUrl("notes://today"))
+            return "".join(getattr(c, "text", "") for c in read.contents)
+
+    assert anyio.run(main) == "notes of the day"
+    (decision,) = proxy.events("tool.decision")
+    assert decision.tool == "web/resources/read" and json.loads(decision.data)["args"] == {"uri": "notes://today"}
+    (result,) = proxy.events("tool.result")
+    assert json.loads(result.data)["untrusted"] is True

@@ -134,11 +134,11 @@ class Gateway:
             link = server.request_context.lifespan_context
             return await self._granted_tools(link, server)
 
-        # the upstream validates its own input
-        @server.call_tool(validate_input=False)  # type: ignore[untyped-decorator]
-        async def call_tool(name: str, arguments: dict[str, Any]) -> types.CallToolResult:
+        async def call_tool(request: types.CallToolRequest) -> types.ServerResult:
             context = server.request_context
-            return await self._call_tool(context.lifespan_context, server, name, arguments, str(context.request_id))
+            name, arguments = request.params.name, request.params.arguments or {}
+            result = await self._call_tool(context.lifespan_context, server, name, arguments, str(context.request_id))
+            return types.ServerResult(result)
 
         @server.list_resources()  # type: ignore[no-untyped-call, untyped-decorator]
         async def list_resources() -> list[types.Resource]:
@@ -154,7 +154,10 @@ class Gateway:
             context = server.request_context
             return types.ServerResult(await self._read_resource(context.lifespan_context, server, request))
 
-        # registered as the request handler itself: the SDK's decorator would re-wrap the contents
+        # Registered as request handlers themselves: the SDK's decorators would list the tools
+        # again on a call to one not listed, validate input the upstream validates, and re-wrap
+        # resource contents.
+        server.request_handlers[types.CallToolRequest] = call_tool
         server.request_handlers[types.ReadResourceRequest] = read_resource
         return server
 
