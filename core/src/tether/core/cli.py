@@ -81,6 +81,24 @@ def check(policies: tuple[Path, ...]) -> None:
         sys.exit(1)
 
 
+@main.command(name="test")
+@click.argument("tests", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--policy",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Policy to test (default: each file's own `policy:`).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Name the tests that pass too.")
+def test_command(tests: tuple[Path, ...], policy: Path | None, verbose: bool) -> None:
+    """Run policy tests (YAML): each call must get its expected verdict, rule or reason."""
+    from .policytest import report, run_files
+
+    outcome = run_files(list(tests), policy)
+    report(outcome, click.echo, verbose)
+    if not outcome.ok:
+        sys.exit(1)
+
+
 @main.group(invoke_without_command=True)
 @click.option(
     "--policy",
