@@ -99,6 +99,66 @@ def test_command(tests: tuple[Path, ...], policy: Path | None, verbose: bool) ->
         sys.exit(1)
 
 
+@main.command()
+@click.option(
+    "--policy",
+    "policy_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The new policy to decide with.",
+)
+@_STORE
+@click.option("--since", help="Only sessions active in this recent span: 30m, 7d ...")
+@click.option("--agent", help="Only this agent's decisions (its sessions are replayed whole).")
+@click.option("--session", "session_id", help="Only this session.")
+@click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True)
+@click.option("--all", "everything", is_flag=True, help="jsonl: every decision, not only those that change.")
+@click.option("--stop-on-corrupt", is_flag=True, help="Stop at the first event that does not verify.")
+def replay(
+    policy_path: Path,
+    store: str | None,
+    since: str | None,
+    agent: str | None,
+    session_id: str | None,
+    fmt: str,
+    everything: bool,
+    stop_on_corrupt: bool,
+) -> None:
+    """Decide recorded sessions again under a new policy: what would change. Runs nothing,
+    writes nothing to the audit."""
+    from .replay import CorruptAudit, Replayer, Summary, recorded
+
+    try:
+        compiled = load_policy(policy_path)  # before any work: a broken policy replays nothing
+    except PolicyError as exc:
+        for issue in exc.issues:
+            click.echo(str(issue), err=True)
+        click.echo(f"{policy_path}: {_count(len(exc.issues), 'problem')}; nothing replayed", err=True)
+        sys.exit(2)
+    since_us = int((time.time() - parse_duration(since)) * 1_000_000) if since else None
+    audit_store = _open(store)
+    replayer = Replayer(compiled, audit_store, stop_on_corrupt=stop_on_corrupt)
+    summary = Summary(agent=agent)
+    try:
+        for redecision in replayer.run(recorded(audit_store, since_us=since_us, agent=agent, session_id=session_id)):
+            reported = summary.add(redecision)
+            if fmt == "jsonl" and (reported or (everything and agent in (None, redecision.event.agent))):
+                click.echo(canonical_json({"changed": redecision.changed, **redecision.as_dict()}))
+    except CorruptAudit as exc:
+        click.echo(f"audit problem: {exc}; stopped (--stop-on-corrupt)", err=True)
+        sys.exit(2)
+    finally:
+        audit_store.close()
+    if fmt == "text":
+        for line in summary.lines(replayer):
+            click.echo(line)
+    else:
+        for problem in replayer.problems:
+            click.echo(f"audit problem: {problem.message}", err=True)
+    if replayer.problems:
+        sys.exit(1)
+
+
 @main.group(invoke_without_command=True)
 @click.option(
     "--policy",

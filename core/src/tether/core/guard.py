@@ -17,14 +17,15 @@ from .audit.events import Kind, NewEvent
 from .audit.store import AuditStore
 from .behaviour import Behaviour
 from .classify import Classifier
-from .decision import ERROR_RULE, Decision, Enforcement, Ruling, ToolCall, decide, redact_args
+from .decision import ERROR_RULE, Decision, Enforcement, Ruling, ToolCall, redact_args
 from .errors import StoreError, TetherError, UnsupportedValueError
 from .keys import fingerprint
 from .policy.compile import CompiledPolicy, load_policy
 from .policy.schema import Mode, Policy, Trust, Verdict
-from .protect import Held, check_call, combine, held_back
-from .provenance import content_values, fingerprints, reads_like_instructions, strings, trusted_parts
+from .protect import Held, held_back
+from .provenance import argument_values, content_values, fingerprints, reads_like_instructions, strings, trusted_parts
 from .redact import Preview, mask, mask_values, preview, user_ref
+from .ruling import rule_on
 from .state import SessionState
 from .values import Plain, as_text, canonical_json, clean_str, to_plain
 
@@ -173,18 +174,21 @@ class Session:
         plain, ruling = self._readable(call.args)
         key, classifier = self.guard.store.key, self.guard.policy.classifier
         shown = preview(plain, key, classifier)  # needs no session state: outside the lock
+        # recorded, so a replay can trace the values the preview masks or cuts
+        arg_values = fingerprints(key, argument_values(plain)) if plain else {}
         findings: list[str] = []
         extra: dict[str, Any] = {}
         with self._state.lock:
             self._load()
             if ruling is None:
-                ruling, findings, extra = self._rule_on(call.tool, plain, now, shown.labels)
+                ruling, findings, extra = self._rule_on(call.tool, plain, now, shown.labels, arg_values)
             decision = self._decision(call, ruling, findings)
             details = {
                 "call_id": call.call_id,
                 "args": shown.value,
                 "args_fp": shown.fingerprint,
                 "labels": sorted(shown.labels),
+                "arg_values": sorted(arg_values) or None,
                 "rule_ids": list(ruling.rule_ids),
                 "reason": ruling.reason,
                 "enforcement": decision.enforcement.value,
@@ -215,17 +219,17 @@ class Session:
         return decision
 
     def _rule_on(
-        self, tool: str, plain: dict[str, Plain], now: float, labels: frozenset[str]
+        self,
+        tool: str,
+        plain: dict[str, Plain],
+        now: float,
+        labels: frozenset[str],
+        arg_values: Mapping[str, str] | None = None,
     ) -> tuple[Ruling, list[str], dict[str, Any]]:
-        """The policy's ruling on a call, made stricter by any built-in protection, sequence
-        rule or anomaly that fires; the findings; and details for the decision's event."""
-        policy = self.guard.policy
-        ruling = decide(policy, self._state, self.agent, tool, plain, user=self.user, tenant=self.tenant, now=now)
-        if ruling.verdict is Verdict.DENY:
-            return ruling, [], {}
-        protection, findings = check_call(policy, self._state, tool, plain, labels, self.guard.store.key)
-        ruling, more, details = self.guard.behaviour.rule_on(
-            combine(ruling, protection),
+        guard = self.guard
+        return rule_on(
+            guard.policy,
+            guard.behaviour,
             self._state,
             self.agent,
             tool,
@@ -234,8 +238,8 @@ class Session:
             now,
             user=self.user,
             tenant=self.tenant,
+            arg_values=arg_values,
         )
-        return ruling, findings + more, details
 
     def _readable(self, args: Mapping[str, Any]) -> tuple[dict[str, Plain], Ruling | None]:
         """Arguments as plain data, or a denial saying why Tether cannot read them."""

@@ -97,7 +97,7 @@ class SessionState:
 
     def replay(self, events: Iterable[Any]) -> None:
         """Rebuild from this session's audit events, oldest first."""
-        from .audit.events import counted_call, read_values, untrusted_output
+        from .audit.events import counted_call, read_labels, read_values, untrusted_output
 
         for event in events:
             self.events += 1
@@ -112,6 +112,7 @@ class SessionState:
                 self.record_values(values, (tool, event.event_id) if tool is not None else None)
             if instructions and tool is not None:
                 self.instructions.append((tool, event.event_id))
+            self.labels.update(read_labels(event))
             self.observe(event)
 
 

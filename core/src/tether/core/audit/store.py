@@ -479,6 +479,10 @@ class AuditStore:
             raise StoreError(f"cannot record sensitive values in {self.location}: {exc}") from exc
         return found
 
+    def read(self, query: Any) -> Iterator[AuditEvent]:
+        """The events a SQLAlchemy select over the events table returns, streamed in its order."""
+        return self._read(query)
+
     def _read(self, query: Any) -> Iterator[AuditEvent]:
         try:
             with self.engine.connect() as connection:
