@@ -159,6 +159,34 @@ def replay(
         sys.exit(1)
 
 
+@main.command(name="report")
+@_STORE
+@click.option("--since", help="Only this recent span: 24h, 7d ... (default: everything).")
+@click.option(
+    "--policy",
+    envvar="TETHER_POLICY",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Policy to measure the agents' drift against (default: $TETHER_POLICY).",
+)
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write an HTML page.")
+def report_command(store: str | None, since: str | None, policy: Path | None, html_path: Path | None) -> None:
+    """What the agents did: decisions over time, denials, approvals, drift and findings."""
+    from .report import collect, html, text_lines
+
+    spec = read_policy(policy)[0] if policy else None
+    since_us = int((time.time() - parse_duration(since)) * 1_000_000) if since else None
+    audit_store = _open(store)
+    try:
+        result = collect(audit_store, since_us=since_us, policy=spec)
+    finally:
+        audit_store.close()
+    for line in text_lines(result):
+        click.echo(line)
+    if html_path is not None:
+        html_path.write_text(html(result), encoding="utf-8")
+        click.echo(f"\nwrote {html_path}")
+
+
 @main.group(invoke_without_command=True)
 @click.option(
     "--policy",
