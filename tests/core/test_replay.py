@@ -283,3 +283,42 @@ def test_labels_survive_a_restart(sqlite_url: str) -> None:
         assert session.before_tool("send_email", {"to": "x@acme.example"}).verdict.value == "deny"
     with Guard(policy, store=AuditStore(sqlite_url, key=KEY)) as guard:  # a new process
         assert guard.session("bot", "s").before_tool("send_email", {"to": "x@acme.example"}).verdict.value == "deny"
+
+
+def test_an_audit_from_an_older_schema_is_migrated_then_replayed(recorded_store: str, tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    import tether.core.audit.store as store_module
+    from tether.core.audit.schema import SCHEMA_REVISION, VERSION_TABLE
+
+    engine = sa.create_engine(recorded_store)
+    config = Config()
+    config.set_main_option("script_location", str(Path(store_module.__file__).parent / "migrations"))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0005")  # before baselines and credentials existed
+    code, out, _ = cli("replay", "--policy", str(tmp_path / "strict.yaml"), "--store", recorded_store)
+    assert code == 0 and out.startswith("replayed 16 decisions"), out
+    with engine.connect() as connection:
+        assert connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == SCHEMA_REVISION
+    engine.dispose()
+
+
+def test_an_audit_from_a_newer_schema_is_refused_clearly(recorded_store: str, tmp_path: Path) -> None:
+    from tether.core.audit.schema import VERSION_TABLE
+
+    engine = sa.create_engine(recorded_store)
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"UPDATE {VERSION_TABLE} SET version_num = '9999'"))
+    engine.dispose()
+    code, out, err = cli("replay", "--policy", str(tmp_path / "strict.yaml"), "--store", recorded_store)
+    assert code != 0
+    assert "9999" in out + err
+
+
+def test_no_verify_replays_even_an_edited_event(recorded_store: str, tmp_path: Path) -> None:
+    tamper(recorded_store, "s1-injected", 6)
+    policy = str(tmp_path / "strict.yaml")
+    code, out, _ = cli("replay", "--policy", policy, "--store", recorded_store, "--no-verify")
+    assert code == 0 and out.startswith("replayed 16 decisions") and "audit problem" not in out

@@ -114,6 +114,7 @@ def test_command(tests: tuple[Path, ...], policy: Path | None, verbose: bool) ->
 @click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True)
 @click.option("--all", "everything", is_flag=True, help="jsonl: every decision, not only those that change.")
 @click.option("--stop-on-corrupt", is_flag=True, help="Stop at the first event that does not verify.")
+@click.option("--no-verify", is_flag=True, help="Skip checking events' hashes (faster; `tether audit verify` checks).")
 def replay(
     policy_path: Path,
     store: str | None,
@@ -123,6 +124,7 @@ def replay(
     fmt: str,
     everything: bool,
     stop_on_corrupt: bool,
+    no_verify: bool,
 ) -> None:
     """Decide recorded sessions again under a new policy: what would change. Runs nothing,
     writes nothing to the audit."""
@@ -137,7 +139,7 @@ def replay(
         sys.exit(2)
     since_us = int((time.time() - parse_duration(since)) * 1_000_000) if since else None
     audit_store = _open(store)
-    replayer = Replayer(compiled, audit_store, stop_on_corrupt=stop_on_corrupt)
+    replayer = Replayer(compiled, audit_store, verify=not no_verify, stop_on_corrupt=stop_on_corrupt)
     summary = Summary(agent=agent)
     try:
         for redecision in replayer.run(recorded(audit_store, since_us=since_us, agent=agent, session_id=session_id)):

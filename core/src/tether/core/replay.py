@@ -29,6 +29,7 @@ from .audit.store import AuditStore
 from .audit.verify import Problem
 from .behaviour import Behaviour
 from .decision import ERROR_RULE, Ruling
+from .errors import StoreError
 from .policy.compile import CompiledPolicy
 from .policy.schema import Mode, Trust, Verdict
 from .ruling import rule_on
@@ -218,14 +219,13 @@ class Replayer:
                 tenant=event.tenant,
                 arg_values=arg_values if arg_values is not None else ({} if "arg_values" in details else None),
             )
-            if not approximate and _shown_partly(args):
+            if not approximate and _PARTIAL.search(event.data) is not None:
                 approximate = "decided on the audit's preview of the arguments (masked or cut)"
         runs = self.monitored or ruling.verdict in _RUNS
         state = session.state
-        state.observe(
-            replace(event, verdict=ruling.verdict.value),
-            {"labels": details.get("labels"), "allowed": runs, "findings": findings},
-        )
+        if state.history is not None:  # sequence rules follow the calls as the new policy decided them
+            seen = event if ruling.verdict.value == event.verdict else replace(event, verdict=ruling.verdict.value)
+            state.observe(seen, {"labels": details.get("labels"), "allowed": runs, "findings": findings})
         if runs:
             state.record_call(event.agent or "", event.tool or "", event.ts_us / 1e6)
             if not details.get("allowed") and not session.unknown:
@@ -263,13 +263,9 @@ class Replayer:
         state.labels.update(details.get("labels") or ())
 
 
-#: what only a preview writes: a masked value ([email:0123456789abcdef]@host) or a cut string (…[300 chars])
+#: what only a preview writes, so the decided arguments differ from the real ones: a masked value
+#: ([email:0123456789abcdef]@host, [card:…1234:0123456789abcdef]) or a cut string (…[300 chars])
 _PARTIAL = re.compile(r"\[[a-z_]+:(?:…\d{4}:)?[0-9a-f]{16}\]|…\[\d+ chars\]|<\d+ bytes [0-9a-f]{16}>|<nested too deep")
-
-
-def _shown_partly(args: dict[str, Any]) -> bool:
-    """Whether the recorded preview differs from the arguments (a value masked, a string cut)."""
-    return _PARTIAL.search(json.dumps(args, ensure_ascii=False)) is not None
 
 
 def recorded(
@@ -291,7 +287,23 @@ def recorded(
     if agent is not None:
         acting = sa.select(table.c.session_id).where(table.c.agent == agent)
         query = query.where(table.c.session_id.in_(acting))
-    return store.read(query.order_by(table.c.session_id, table.c.seq))
+    return _stream(store, query.order_by(table.c.session_id, table.c.seq))
+
+
+_FIELDS = tuple(AuditEvent.__dataclass_fields__)  # the dataclass's own order: rows build events positionally
+
+
+def _stream(store: AuditStore, query: Any) -> Iterator[AuditEvent]:
+    """Rows as events, streamed (a server-side cursor on PostgreSQL): memory stays flat."""
+    columns = [events_table.c[name] for name in _FIELDS]
+    query = query.with_only_columns(*columns)
+    try:
+        with store.engine.connect() as connection:
+            result = connection.execution_options(stream_results=True, yield_per=5000).execute(query)
+            for row in result:
+                yield AuditEvent(*row)
+    except sa.exc.SQLAlchemyError as exc:
+        raise StoreError(f"cannot read the audit store {store.location}: {exc}") from exc
 
 
 @dataclass
