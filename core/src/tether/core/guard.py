@@ -174,12 +174,13 @@ class Session:
         plain, ruling = self._readable(call.args)
         key, classifier = self.guard.store.key, self.guard.policy.classifier
         shown = preview(plain, key, classifier)  # needs no session state: outside the lock
-        # recorded, so a replay can trace the values the preview masks or cuts
-        arg_values = fingerprints(key, argument_values(plain)) if plain else {}
         findings: list[str] = []
         extra: dict[str, Any] = {}
         with self._state.lock:
             self._load()
+            # Once the session has read tool output, an argument may have come from it: the values'
+            # fingerprints are recorded so a replay can trace what the preview masks or cuts.
+            arg_values = fingerprints(key, argument_values(plain)) if plain and self._state.outputs else None
             if ruling is None:
                 ruling, findings, extra = self._rule_on(call.tool, plain, now, shown.labels, arg_values)
             decision = self._decision(call, ruling, findings)
@@ -188,7 +189,7 @@ class Session:
                 "args": shown.value,
                 "args_fp": shown.fingerprint,
                 "labels": sorted(shown.labels),
-                "arg_values": sorted(arg_values) or None,
+                "arg_values": sorted(arg_values) if arg_values is not None else None,
                 "rule_ids": list(ruling.rule_ids),
                 "reason": ruling.reason,
                 "enforcement": decision.enforcement.value,
@@ -510,6 +511,7 @@ class Session:
             )
             self._write(event)
             self._state.observe(event, details)
+            self._state.outputs += 1
             source = (decision.call.tool, event.event_id)
             if untrusted:
                 self._state.record_untrusted(*source)

@@ -85,6 +85,19 @@ class Redecision:
         }
 
 
+def _arg_values(details: dict[str, Any]) -> dict[str, str] | None:
+    """The recorded fingerprints of a call's argument values (fingerprint -> how to show it);
+    none when the guard had no need to record them (the session had read no tool output yet);
+    ``None`` for an audit written before they were recorded (worked out from the preview)."""
+    if "arg_values" not in details:
+        return None
+    return {fp: f"[value {fp[:12]}]" for fp in details["arg_values"] or ()}
+
+
+def _where(event: AuditEvent) -> str:
+    return f"event {event.id} (session {event.session_id!r} #{event.seq}, {event.kind})"
+
+
 def _strictness(verdict: str) -> int:
     return {"allow": 0, "redact": 1, "ask": 2, "deny": 3}.get(verdict, 3)
 
@@ -153,18 +166,17 @@ class Replayer:
         if session.broken:
             self.skipped += 1
             return False
-        where = f"event {event.id} (session {event.session_id!r} #{event.seq}, {event.kind})"
         problem = None
         if event_hash(self.store.key, event, event.seq, event.prev_hash, event.log_prev) != event.hash:
-            problem = Problem("edited", f"{where} was edited: its content does not match its hash", event.id)
+            problem = Problem("edited", f"{_where(event)} was edited: its content does not match its hash")
         elif event.seq != session.seq + 1:
-            problem = Problem("missing", f"{where} follows #{session.seq} of its session: events are missing", event.id)
+            problem = Problem("missing", f"{_where(event)} follows #{session.seq} of its session: events are missing")
         elif event.prev_hash != session.prev_hash:
-            problem = Problem("edited", f"{where} does not follow #{session.seq}: the chain was rewritten", event.id)
+            problem = Problem("edited", f"{_where(event)} does not follow #{session.seq}: the chain was rewritten")
         session.seq, session.prev_hash = event.seq, event.hash
         if problem is None:
             return True
-        problem = replace(problem, session_id=event.session_id, seq=event.seq)
+        problem = replace(problem, row_id=event.id, session_id=event.session_id, seq=event.seq)
         self.problems.append(problem)
         if self.stop_on_corrupt:
             raise CorruptAudit(problem)
@@ -201,9 +213,8 @@ class Replayer:
             ruling, findings = Ruling(Verdict(before), details.get("reason") or "", before_rules), list[str]()
             approximate = approximate or "Tether failed while deciding live: not decided again"
         else:
-            recorded = details.get("arg_values")
-            arg_values = {fp: f"[value {fp[:12]}]" for fp in recorded} if recorded else None
-            if recorded is None and "arg_values" not in details:
+            arg_values = _arg_values(details)
+            if arg_values is None and session.state.untrusted_values:
                 approximate = approximate or "recorded before argument values were fingerprinted"
             labels = frozenset(details.get("labels") or ())
             ruling, findings, _ = rule_on(
@@ -217,7 +228,7 @@ class Replayer:
                 event.ts_us / 1e6,
                 user=event.user_id,
                 tenant=event.tenant,
-                arg_values=arg_values if arg_values is not None else ({} if "arg_values" in details else None),
+                arg_values=arg_values,
             )
             if not approximate and _PARTIAL.search(event.data) is not None:
                 approximate = "decided on the audit's preview of the arguments (masked or cut)"
