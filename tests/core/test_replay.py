@@ -322,3 +322,25 @@ def test_no_verify_replays_even_an_edited_event(recorded_store: str, tmp_path: P
     policy = str(tmp_path / "strict.yaml")
     code, out, _ = cli("replay", "--policy", policy, "--store", recorded_store, "--no-verify")
     assert code == 0 and out.startswith("replayed 16 decisions") and "audit problem" not in out
+
+
+def test_decisions_recorded_without_argument_fingerprints_are_approximate(sqlite_url: str) -> None:
+    """An audit written before decisions carried their arguments' fingerprints: provenance is
+    worked out from the preview, and where the session had read untrusted content, said so."""
+    import re
+
+    from tether.core.policy import load_policy
+
+    run_scripts(LENIENT, sqlite_url, scripts()[:1])
+    engine = sa.create_engine(sqlite_url)
+    with engine.begin() as c:
+        for row_id, data in c.execute(sa.select(events.c.id, events.c.data).where(events.c.kind == "tool.decision")):
+            old = re.sub(r'"arg_values":(null|\[[^\]]*\]),', "", data)
+            c.execute(events.update().where(events.c.id == row_id).values(data=old))
+    engine.dispose()
+    store = AuditStore(sqlite_url, key=KEY)
+    out = list(Replayer(load_policy(STRICT), store, verify=False).run(recorded(store)))
+    store.close()
+    notes = [r.approximate for r in out]
+    assert notes[:2] == ["", ""]  # nothing untrusted read yet: nothing to trace
+    assert all(n == "recorded before argument values were fingerprinted" for n in notes[2:])
