@@ -344,3 +344,25 @@ def test_decisions_recorded_without_argument_fingerprints_are_approximate(sqlite
     notes = [r.approximate for r in out]
     assert notes[:2] == ["", ""]  # nothing untrusted read yet: nothing to trace
     assert all(n == "recorded before argument values were fingerprinted" for n in notes[2:])
+
+
+@pytest.mark.parametrize(("approved", "unknown"), [(True, False), (False, True)])
+def test_a_call_that_now_runs_ran_if_a_person_approved_it(sqlite_url: str, approved: bool, unknown: bool) -> None:
+    from tether.core import ApprovalAnswer
+    from tether.core.policy import load_policy
+
+    store = AuditStore(sqlite_url, key=KEY)
+    with Guard(STRICT, store=store) as guard:
+        session = guard.session("bot", "s")
+        asked = session.before_tool("refund", {"amount": 100, "iban": "NL91ABNA0417164300"})
+        decision = session.settle(asked, ApprovalAnswer(approved=approved, approver="alice"))
+        if decision.allowed:
+            session.after_tool(decision, "refunded")
+        session.before_tool("search", {"q": "status"})
+    looser = policy_with(rules=[])
+    looser["agents"]["bot"]["tools"]["refund"] = "allow"
+    store = AuditStore(sqlite_url, key=KEY)
+    out = list(Replayer(load_policy(looser), store).run(recorded(store)))
+    store.close()
+    assert [r.change for r in out] == ["ask -> allow", "allow -> allow"]
+    assert bool(out[-1].approximate) is unknown

@@ -94,6 +94,12 @@ def _arg_values(details: dict[str, Any]) -> dict[str, str] | None:
     return {fp: f"[value {fp[:12]}]" for fp in details["arg_values"] or ()}
 
 
+def _never_ran(session: _Session, event: AuditEvent) -> None:
+    """The new policy runs a call that did not run: what it would have returned is unknown."""
+    if not session.unknown:
+        session.unknown = f"call {event.seq} ({event.tool}) now runs but never ran: its output is unknown"
+
+
 def _where(event: AuditEvent) -> str:
     return f"event {event.id} (session {event.session_id!r} #{event.seq}, {event.kind})"
 
@@ -116,6 +122,7 @@ class _Session:
     state: SessionState
     ran: dict[str, bool] = field(default_factory=dict)  # decision/approval event id -> ran under the new policy
     asked: set[str] = field(default_factory=set)  # decisions the new policy asks about
+    unrun: dict[str, AuditEvent] = field(default_factory=dict)  # now allowed, recorded asking: did a person approve?
     unknown: str = ""  # why later decisions of this session are approximate
     seq: int = -1
     prev_hash: str = GENESIS
@@ -123,8 +130,9 @@ class _Session:
 
 
 class Replayer:
-    """Re-decides recorded sessions under ``policy``. ``key`` checks each event's hash first
-    (``None``: take the audit as it is)."""
+    """Re-decides recorded sessions under ``policy``. ``verify``: check each event's hash and
+    its place in its session first; ``stop_on_corrupt``: raise :class:`CorruptAudit` at the
+    first that fails (else its session's remaining events are skipped)."""
 
     def __init__(
         self, policy: CompiledPolicy, store: AuditStore, *, verify: bool = True, stop_on_corrupt: bool = False
@@ -208,9 +216,10 @@ class Replayer:
         before = event.verdict or "deny"
         args = details.get("args")
         approximate = session.unknown
+        findings: list[str] = []
         if not isinstance(args, dict) or (ERROR_RULE in before_rules and details.get("error")):
             # Tether failed live (or could not read the arguments): the audit holds no call to decide on
-            ruling, findings = Ruling(Verdict(before), details.get("reason") or "", before_rules), list[str]()
+            ruling = Ruling(Verdict(before), details.get("reason") or "", before_rules)
             approximate = approximate or "Tether failed while deciding live: not decided again"
         else:
             arg_values = _arg_values(details)
@@ -239,8 +248,10 @@ class Replayer:
             state.observe(seen, {"labels": details.get("labels"), "allowed": runs, "findings": findings})
         if runs:
             state.record_call(event.agent or "", event.tool or "", event.ts_us / 1e6)
-            if not details.get("allowed") and not session.unknown:
-                session.unknown = f"call {event.seq} ({event.tool}) now runs but never ran: its output is unknown"
+            if before == "ask" and not details.get("allowed"):
+                session.unrun[event.event_id] = event  # it ran if a person approved it: known from the answer
+            elif not details.get("allowed"):
+                _never_ran(session, event)
         elif ruling.verdict is Verdict.ASK:
             session.asked.add(event.event_id)
         session.ran[event.event_id] = runs
@@ -249,6 +260,9 @@ class Replayer:
     def _answer(self, session: _Session, event: AuditEvent) -> None:
         """A person's recorded answer counts only if the new policy asks the same question."""
         decision = event.parent_id or ""
+        asked = session.unrun.pop(decision, None)
+        if asked is not None and event.verdict != "allow":
+            _never_ran(session, asked)
         if decision not in session.asked:
             session.ran[event.event_id] = session.ran.get(decision, False)
             return
