@@ -311,12 +311,12 @@ def test_store_failure_denies_in_enforce_mode_and_allows_in_monitor_mode(store: 
 
 
 def test_internal_error_denies_and_is_audited(guard: Guard, store: AuditStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tether.core.guard as guard_module
+    import tether.core.ruling as ruling_module
 
     def explode(*args: Any, **kwargs: Any) -> Any:
         raise ZeroDivisionError("bug in Tether")
 
-    monkeypatch.setattr(guard_module, "decide", explode)
+    monkeypatch.setattr(ruling_module, "decide", explode)
     decision = guard.session("bot", "e1").before_tool("search", {})
     assert not decision.allowed and decision.error and "bug in Tether" in decision.reason
     event = store.session_events("e1")[-1]

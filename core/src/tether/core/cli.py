@@ -81,6 +81,114 @@ def check(policies: tuple[Path, ...]) -> None:
         sys.exit(1)
 
 
+@main.command(name="test")
+@click.argument("tests", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--policy",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Policy to test (default: each file's own `policy:`).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Name the tests that pass too.")
+def test_command(tests: tuple[Path, ...], policy: Path | None, verbose: bool) -> None:
+    """Run policy tests (YAML): each call must get its expected verdict, rule or reason."""
+    from .policytest import report, run_files
+
+    outcome = run_files(list(tests), policy)
+    report(outcome, click.echo, verbose)
+    if not outcome.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.option(
+    "--policy",
+    "policy_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The new policy to decide with.",
+)
+@_STORE
+@click.option("--since", help="Only sessions active in this recent span: 30m, 7d ...")
+@click.option("--agent", help="Only this agent's decisions (its sessions are replayed whole).")
+@click.option("--session", "session_id", help="Only this session.")
+@click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True)
+@click.option("--all", "everything", is_flag=True, help="jsonl: every decision, not only those that change.")
+@click.option("--stop-on-corrupt", is_flag=True, help="Stop at the first event that does not verify.")
+@click.option("--no-verify", is_flag=True, help="Skip checking events' hashes (faster; `tether audit verify` checks).")
+def replay(
+    policy_path: Path,
+    store: str | None,
+    since: str | None,
+    agent: str | None,
+    session_id: str | None,
+    fmt: str,
+    everything: bool,
+    stop_on_corrupt: bool,
+    no_verify: bool,
+) -> None:
+    """Decide recorded sessions again under a new policy: what would change. Runs nothing,
+    writes nothing to the audit."""
+    from .replay import CorruptAudit, Replayer, Summary, recorded
+
+    try:
+        compiled = load_policy(policy_path)  # before any work: a broken policy replays nothing
+    except PolicyError as exc:
+        for issue in exc.issues:
+            click.echo(str(issue), err=True)
+        click.echo(f"{policy_path}: {_count(len(exc.issues), 'problem')}; nothing replayed", err=True)
+        sys.exit(2)
+    since_us = int((time.time() - parse_duration(since)) * 1_000_000) if since else None
+    audit_store = _open(store)
+    replayer = Replayer(compiled, audit_store, verify=not no_verify, stop_on_corrupt=stop_on_corrupt)
+    summary = Summary(agent=agent)
+    try:
+        for redecision in replayer.run(recorded(audit_store, since_us=since_us, agent=agent, session_id=session_id)):
+            reported = summary.add(redecision)
+            if fmt == "jsonl" and (reported or (everything and agent in (None, redecision.event.agent))):
+                click.echo(canonical_json({"changed": redecision.changed, **redecision.as_dict()}))
+    except CorruptAudit as exc:
+        click.echo(f"audit problem: {exc}; stopped (--stop-on-corrupt)", err=True)
+        sys.exit(2)
+    finally:
+        audit_store.close()
+    if fmt == "text":
+        for line in summary.lines(replayer):
+            click.echo(line)
+    else:
+        for problem in replayer.problems:
+            click.echo(f"audit problem: {problem.message}", err=True)
+    if replayer.problems:
+        sys.exit(1)
+
+
+@main.command(name="report")
+@_STORE
+@click.option("--since", help="Only this recent span: 24h, 7d ... (default: everything).")
+@click.option(
+    "--policy",
+    envvar="TETHER_POLICY",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Policy to measure the agents' drift against (default: $TETHER_POLICY).",
+)
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write an HTML page.")
+def report_command(store: str | None, since: str | None, policy: Path | None, html_path: Path | None) -> None:
+    """What the agents did: decisions over time, denials, approvals, drift and findings."""
+    from .report import collect, html, text_lines
+
+    spec = read_policy(policy)[0] if policy else None
+    since_us = int((time.time() - parse_duration(since)) * 1_000_000) if since else None
+    audit_store = _open(store)
+    try:
+        result = collect(audit_store, since_us=since_us, policy=spec)
+    finally:
+        audit_store.close()
+    for line in text_lines(result):
+        click.echo(line)
+    if html_path is not None:
+        html_path.write_text(html(result), encoding="utf-8")
+        click.echo(f"\nwrote {html_path}")
+
+
 @main.group(invoke_without_command=True)
 @click.option(
     "--policy",

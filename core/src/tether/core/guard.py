@@ -18,14 +18,15 @@ from .audit.store import AuditStore
 from .behaviour import Behaviour
 from .cautions import Caution, apply_cautions
 from .classify import Classifier
-from .decision import ERROR_RULE, Decision, Enforcement, Ruling, ToolCall, decide, redact_args
+from .decision import ERROR_RULE, Decision, Enforcement, Ruling, ToolCall, redact_args
 from .errors import StoreError, TetherError, UnsupportedValueError
 from .keys import fingerprint
 from .policy.compile import CompiledPolicy, load_policy
 from .policy.schema import Mode, Policy, Trust, Verdict
-from .protect import Held, check_call, combine, held_back
-from .provenance import content_values, fingerprints, reads_like_instructions, strings, trusted_parts
+from .protect import Held, held_back
+from .provenance import argument_values, content_values, fingerprints, reads_like_instructions, strings, trusted_parts
 from .redact import Preview, mask, mask_values, preview, user_ref
+from .ruling import rule_on
 from .state import SessionState
 from .values import Plain, as_text, canonical_json, clean_str, to_plain
 
@@ -180,8 +181,11 @@ class Session:
         extra: dict[str, Any] = {}
         with self._state.lock:
             self._load()
+            # Once the session has read tool output, an argument may have come from it: the values'
+            # fingerprints are recorded so a replay can trace what the preview masks or cuts.
+            arg_values = fingerprints(key, argument_values(plain)) if plain and self._state.outputs else None
             if ruling is None:
-                ruling, findings, extra = self._rule_on(call.tool, plain, now, shown.labels)
+                ruling, findings, extra = self._rule_on(call.tool, plain, now, shown.labels, arg_values)
             if cautions:
                 ruling, cautioned = apply_cautions(ruling, cautions)
                 findings = cautioned + findings
@@ -191,6 +195,7 @@ class Session:
                 "args": shown.value,
                 "args_fp": shown.fingerprint,
                 "labels": sorted(shown.labels),
+                "arg_values": sorted(arg_values) if arg_values is not None else None,
                 "rule_ids": list(ruling.rule_ids),
                 "reason": ruling.reason,
                 "enforcement": decision.enforcement.value,
@@ -221,17 +226,17 @@ class Session:
         return decision
 
     def _rule_on(
-        self, tool: str, plain: dict[str, Plain], now: float, labels: frozenset[str]
+        self,
+        tool: str,
+        plain: dict[str, Plain],
+        now: float,
+        labels: frozenset[str],
+        arg_values: Mapping[str, str] | None = None,
     ) -> tuple[Ruling, list[str], dict[str, Any]]:
-        """The policy's ruling on a call, made stricter by any built-in protection, sequence
-        rule or anomaly that fires; the findings; and details for the decision's event."""
-        policy = self.guard.policy
-        ruling = decide(policy, self._state, self.agent, tool, plain, user=self.user, tenant=self.tenant, now=now)
-        if ruling.verdict is Verdict.DENY:
-            return ruling, [], {}
-        protection, findings = check_call(policy, self._state, tool, plain, labels, self.guard.store.key)
-        ruling, more, details = self.guard.behaviour.rule_on(
-            combine(ruling, protection),
+        guard = self.guard
+        return rule_on(
+            guard.policy,
+            guard.behaviour,
             self._state,
             self.agent,
             tool,
@@ -240,8 +245,8 @@ class Session:
             now,
             user=self.user,
             tenant=self.tenant,
+            arg_values=arg_values,
         )
-        return ruling, findings + more, details
 
     def _readable(self, args: Mapping[str, Any]) -> tuple[dict[str, Plain], Ruling | None]:
         """Arguments as plain data, or a denial saying why Tether cannot read them."""
@@ -512,6 +517,7 @@ class Session:
             )
             self._write(event)
             self._state.observe(event, details)
+            self._state.outputs += 1
             source = (decision.call.tool, event.event_id)
             if untrusted:
                 self._state.record_untrusted(*source)

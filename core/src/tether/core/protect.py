@@ -8,7 +8,7 @@ session or tenant. Each protection's outcome is set in the policy's ``protection
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +33,17 @@ _NOT_SENSITIVE = frozenset({"network"})
 
 
 def check_call(
-    policy: CompiledPolicy, state: SessionState, tool: str, args: Plain, labels: Iterable[str], key: bytes
+    policy: CompiledPolicy,
+    state: SessionState,
+    tool: str,
+    args: Plain,
+    labels: Iterable[str],
+    key: bytes,
+    arg_values: Mapping[str, str] | None = None,
 ) -> tuple[Ruling | None, list[str]]:
     """The strictest protection that fires on a call (``None``: none), and every finding as text
-    (the audit records findings even where the policy lets them through)."""
+    (the audit records findings even where the policy lets them through). ``arg_values``: keyed
+    fingerprint -> value of the arguments' traceable values, if already worked out."""
     spec = policy.policy.tools.get(tool)
     if spec is None or not policy.risky.intersection(spec.effects):
         return None, []
@@ -54,7 +61,7 @@ def check_call(
             outcome = protections.egress.get(label)
             if outcome:
                 found(outcome, EGRESS, f"{label} data would leave through external tool {tool!r}")
-    for value, source in _injected(state, args, key):
+    for value, source in _injected(state, args, key, arg_values):
         shown = mask(value, key, policy.classifier)
         found(
             protections.injected_arguments,
@@ -76,12 +83,15 @@ def check_call(
     return Ruling(verdict, reason, tuple(dict.fromkeys(i for r in strongest for i in r.rule_ids))), findings
 
 
-def _injected(state: SessionState, args: Plain, key: bytes) -> list[tuple[str, str]]:
+def _injected(
+    state: SessionState, args: Plain, key: bytes, arg_values: Mapping[str, str] | None
+) -> list[tuple[str, str]]:
     """(value, untrusted source tool) for each argument value seen only in untrusted content."""
     if not state.untrusted_values:
         return []
     out = []
-    for fp, value in fingerprints(key, argument_values(args)).items():
+    values = arg_values if arg_values is not None else fingerprints(key, argument_values(args))
+    for fp, value in values.items():
         source = state.untrusted_values.get(fp)
         if source is not None and fp not in state.trusted_values:
             out.append((value, source[0]))

@@ -29,6 +29,7 @@ class SessionState:
         self.id = session_id
         self.lock = threading.RLock()
         self.events = 0  # events written so far (0: the session is new)
+        self.outputs = 0  # tool outputs the session has read
         self.tainted_by: list[str] = []  # untrusted tools whose output entered the session
         self._untrusted: list[tuple[str, str]] = []  # (tool, audit event) for each such output
         self.labels: set[str] = set()
@@ -97,13 +98,15 @@ class SessionState:
 
     def replay(self, events: Iterable[Any]) -> None:
         """Rebuild from this session's audit events, oldest first."""
-        from .audit.events import counted_call, read_values, untrusted_output
+        from .audit.events import Kind, counted_call, read_labels, read_values, untrusted_output
 
         for event in events:
             self.events += 1
             call = counted_call(event)
             if call is not None:
                 self.record_call(call[0], call[1], event.ts_us / 1e6)
+            if event.kind == Kind.TOOL_RESULT:
+                self.outputs += 1
             tool = untrusted_output(event)
             if tool is not None:
                 self.record_untrusted(tool, event.event_id)
@@ -112,6 +115,7 @@ class SessionState:
                 self.record_values(values, (tool, event.event_id) if tool is not None else None)
             if instructions and tool is not None:
                 self.instructions.append((tool, event.event_id))
+            self.labels.update(read_labels(event))
             self.observe(event)
 
 

@@ -88,3 +88,15 @@ def read_values(event: NewEvent) -> tuple[list[str], bool]:
         return [], False
     details = json.loads(event.data)
     return details.get("values") or [], bool(details.get("instructions"))
+
+
+#: the events whose data classes a session has then seen (a call's arguments are what it sends)
+_SEEN = (Kind.TOOL_RESULT, Kind.INPUT, Kind.MODEL_REQUEST, Kind.MODEL_RESPONSE)
+
+
+def read_labels(event: NewEvent) -> list[str]:
+    """The data classes of the content an event brought into the session."""
+    if event.kind not in _SEEN:
+        return []
+    labels: list[str] = json.loads(event.data).get("labels") or []
+    return labels

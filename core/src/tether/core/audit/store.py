@@ -82,6 +82,7 @@ def upgrade(engine: Engine) -> None:
         return
     from alembic import command
     from alembic.config import Config
+    from alembic.util.exc import CommandError
 
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
@@ -89,6 +90,11 @@ def upgrade(engine: Engine) -> None:
         with engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+    except CommandError as exc:  # a revision this version does not know: written by a newer Tether
+        raise StoreError(
+            f"the audit store is at schema revision {_revision(engine)!r}, which this version of Tether does not "
+            f"know (it knows up to {SCHEMA_REVISION!r}): upgrade Tether to read it ({exc})"
+        ) from None
     except sa.exc.SQLAlchemyError:
         if _revision(engine) != SCHEMA_REVISION:  # not merely another process upgrading first
             raise
@@ -478,6 +484,10 @@ class AuditStore:
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"cannot record sensitive values in {self.location}: {exc}") from exc
         return found
+
+    def read(self, query: Any) -> Iterator[AuditEvent]:
+        """The events a SQLAlchemy select over the events table returns, streamed in its order."""
+        return self._read(query)
 
     def _read(self, query: Any) -> Iterator[AuditEvent]:
         try:

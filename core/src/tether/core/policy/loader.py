@@ -8,7 +8,7 @@ import os
 import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -17,6 +17,7 @@ from ..errors import PolicyError, PolicyIssue
 from .schema import Policy, Rule
 
 KeyPath = tuple[Any, ...]
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class Source:
@@ -74,13 +75,18 @@ def parse_policy(text: str, file: str | None = None) -> tuple[Policy, Source]:
     return _validate(data, where), where
 
 
-def _parse_yaml(text: str, file: str | None) -> tuple[dict[str, Any], Source]:
+def _parse_yaml(
+    text: str,
+    file: str | None,
+    what: str = "policy",
+    shape: str = "a policy must be a mapping (version, tools, agents, rules)",
+) -> tuple[dict[str, Any], Source]:
     where = Source(file)
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
-            raise PolicyError([PolicyIssue("the policy is empty", file=file)])
+            raise PolicyError([PolicyIssue(f"the {what} is empty", file=file)])
         duplicates: list[PolicyIssue] = []
         _index(node, (), where, duplicates)
         if duplicates:
@@ -96,7 +102,7 @@ def _parse_yaml(text: str, file: str | None) -> tuple[dict[str, Any], Source]:
     finally:
         loader.dispose()
     if not isinstance(data, dict):
-        raise PolicyError([where.issue((), "a policy must be a mapping (version, tools, agents, rules)")])
+        raise PolicyError([where.issue((), shape)])
     return data, where
 
 
@@ -135,13 +141,28 @@ def _validate(data: dict[str, Any], where: Source) -> Policy:
         raise error from None
 
 
-def _issues(exc: ValidationError, data: dict[str, Any], where: Source) -> list[PolicyIssue]:
+def parse_document(
+    text: str, file: str | None, model: type[ModelT], what: str, shape: str
+) -> tuple[ModelT, dict[str, Any], Source]:
+    """A YAML document validated against ``model``, with errors located as a policy's are (file,
+    line, key): for files that live beside a policy, such as its tests. Returns the validated
+    model, the raw data and the source map."""
+    data, where = _parse_yaml(text, file, what, shape)
+    try:
+        return model.model_validate(data), data, where
+    except ValidationError as exc:
+        raise PolicyError(_issues(exc, data, where, model)) from None
+
+
+def _issues(
+    exc: ValidationError, data: dict[str, Any], where: Source, root: type[BaseModel] = Policy
+) -> list[PolicyIssue]:
     messages: dict[KeyPath, list[str]] = {}
     at_key: set[KeyPath] = set()
     got: dict[KeyPath, str] = {}
     for err in exc.errors():
         path = _data_path(err["loc"], data)
-        text = _message(err, path)
+        text = _message(err, path, root)
         if text not in messages.setdefault(path, []):
             messages[path].append(text)
         if err["type"] in ("extra_forbidden", "missing") or "[key]" in err["loc"]:
@@ -262,10 +283,10 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> KeyPath:
     return tuple(path)
 
 
-def _message(err: Any, path: KeyPath) -> str:
+def _message(err: Any, path: KeyPath, root: type[BaseModel]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        known = sorted(_fields_at(path[:-1]))
+        known = sorted(_fields_at(path[:-1], root))
         text = f"unknown key {path[-1]!r}"
         hint = difflib.get_close_matches(str(path[-1]), known, n=1)
         if hint:
@@ -280,9 +301,9 @@ def _message(err: Any, path: KeyPath) -> str:
     return text
 
 
-def _fields_at(path: KeyPath) -> list[str]:
+def _fields_at(path: KeyPath, root: type[BaseModel]) -> list[str]:
     """The valid keys of the mapping at ``path``, read from the schema."""
-    current: Any = Policy
+    current: Any = root
     for part in path:
         current = _step(_unwrap(current), part)
     current = _unwrap(current)
