@@ -35,6 +35,7 @@ from .policy.loader import Source, parse_document
 from .policy.schema import Mode, Verdict
 
 TEST_APPROVER = "policy-test"
+_KEY = os.urandom(32)  # fingerprints only need to agree within one run
 
 
 class _Strict(BaseModel):
@@ -175,9 +176,6 @@ def run_case(policy: CompiledPolicy, case: Case, file: str = "<tests>", line: in
     finally:
         store.close()
     return Result(case, file, line, decision, tuple(mismatches(case.expect, decision)))
-
-
-_KEY = os.urandom(32)  # fingerprints only need to agree within one run
 
 
 def _happen(guard: Guard, session: Session, step: Step) -> None:
