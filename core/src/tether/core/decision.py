@@ -146,6 +146,8 @@ class _Conditions:
                 variables["session"] = self._state.cel_value(plan.agent, self._user, self._tenant, fields)
             elif name == "now":
                 variables["now"] = dt.datetime.fromtimestamp(self._now, dt.timezone.utc)
+            elif name == "request":
+                variables["request"] = self._state.request.cel_value(self._args, fields, self._state.trusted_values)
         return variables
 
 

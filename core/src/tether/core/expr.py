@@ -24,6 +24,7 @@ FIELDS: dict[str, frozenset[str] | None] = {
     "agent": frozenset({"name", "purpose", "owner", "data"}),
     "session": frozenset({"id", "user", "tenant", "calls", "tool_calls", "tainted", "tainted_by", "labels"}),
     "now": None,  # a timestamp
+    "request": frozenset({"text", "given", "known"}),  # the session's trusted request (request.py)
 }
 _MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 _KEYWORDS = frozenset({"true", "false", "null", "in"})

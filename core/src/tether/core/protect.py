@@ -33,10 +33,20 @@ _NOT_SENSITIVE = frozenset({"network"})
 
 
 def check_call(
-    policy: CompiledPolicy, state: SessionState, tool: str, args: Plain, labels: Iterable[str], key: bytes
+    policy: CompiledPolicy,
+    state: SessionState,
+    tool: str,
+    args: Plain,
+    labels: Iterable[str],
+    key: bytes,
+    *,
+    in_scope: bool = False,
 ) -> tuple[Ruling | None, list[str]]:
     """The strictest protection that fires on a call (``None``: none), and every finding as text
-    (the audit records findings even where the policy lets them through)."""
+    (the audit records findings even where the policy lets them through).
+
+    A call inside the session's task scope is one the trusted request implies: instructions in
+    untrusted content are then recorded but do not hold it (its values are still traced)."""
     spec = policy.policy.tools.get(tool)
     if spec is None or not policy.risky.intersection(spec.effects):
         return None, []
@@ -64,7 +74,7 @@ def check_call(
     if state.instructions:
         source = state.instructions[-1][0]
         found(
-            protections.instructions,
+            "allow" if in_scope else protections.instructions,
             INSTRUCTIONS,
             f"untrusted content from {source!r} earlier in this session reads like instructions to the agent",
         )

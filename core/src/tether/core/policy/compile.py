@@ -127,7 +127,7 @@ class CompiledPolicy:
                 by_action[rule.action].append(self._rule(("rules", index), rule))
         conditions = [r.condition for rules in by_action.values() for r in rules if r.condition]
         fields = merge_fields([condition.names.fields for condition in conditions])
-        statics = {"tool": _tool_value(tool, tool_spec), "agent": _agent_value(agent, agent_spec)}
+        statics = {"tool": tool_value(tool, tool_spec), "agent": agent_value(agent, agent_spec)}
         return Plan(
             agent,
             tool,
@@ -218,7 +218,7 @@ def _selects(rule: Rule, agent: str, tool: str, tool_spec: ToolSpec | None) -> b
     return True
 
 
-def _tool_value(name: str, spec: ToolSpec | None) -> dict[str, Any]:
+def tool_value(name: str, spec: ToolSpec | None) -> dict[str, Any]:
     if spec is None:
         return {"name": name, "effects": [], "output": "untrusted", "data": []}
     return {
@@ -229,7 +229,7 @@ def _tool_value(name: str, spec: ToolSpec | None) -> dict[str, Any]:
     }
 
 
-def _agent_value(name: str, spec: AgentSpec | None) -> dict[str, Any]:
+def agent_value(name: str, spec: AgentSpec | None) -> dict[str, Any]:
     if spec is None:
         return {"name": name, "purpose": "", "owner": "", "data": []}
     return {"name": name, "purpose": spec.purpose, "owner": spec.owner, "data": list(spec.data or [])}
