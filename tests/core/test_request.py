@@ -25,7 +25,7 @@ RULES: list[dict[str, Any]] = [
     {
         "id": "payment-needs-a-request",
         "tools": ["send_money"],
-        "when": "!request.given.recipient || !request.text.matches('(?i)\\\\b(pay|transfer|send)')",
+        "when": "!request.given.recipient || !(request.mentions.pay || request.mentions.transfer)",
         "action": "ask",
         "reason": "a payment the user did not ask for, or to someone the user did not name",
     },
@@ -42,6 +42,13 @@ RULES: list[dict[str, Any]] = [
         "when": "!request.given.file_id",
         "action": "deny",
         "reason": "deletes only a file the user named",
+    },
+    {
+        "id": "notes-when-asked",
+        "tools": ["write_note"],
+        "when": "!request.text.matches('(?i)\\\\bnotes?\\\\b')",
+        "action": "ask",
+        "reason": "a note the user did not ask for",
     },
 ]
 
@@ -116,6 +123,17 @@ def test_short_ids_and_phrases_the_user_gave(guard: Guard) -> None:
     assert session.before_tool("delete_file", {}).verdict is Verdict.DENY  # nothing named: not given
 
 
+def test_mentions_match_the_start_of_a_word_and_text_takes_any_regular_expression(guard: Guard) -> None:
+    session = guard.session("bot")
+    session.trusted_input(f"Make the payment to {IBAN} and keep a Note of it")
+    assert session.before_tool("send_money", {"recipient": IBAN}).verdict is Verdict.ALLOW  # "payment"
+    assert session.before_tool("write_note", {"text": "paid"}).verdict is Verdict.ALLOW
+    other = guard.session("bot")
+    other.trusted_input(f"Repay nothing to {IBAN}; no notebook either")  # "repay" does not start with "pay"
+    assert other.before_tool("send_money", {"recipient": IBAN}).verdict is Verdict.ASK
+    assert other.before_tool("write_note", {"text": "x"}).verdict is Verdict.ASK
+
+
 def test_the_request_is_rebuilt_after_a_restart(store: AuditStore) -> None:
     Guard(make_policy(), store=store).session("bot", "s").trusted_input(f"pay 5 to {IBAN}")
     reopened = Guard(make_policy(), store=store).session("bot", "s")
@@ -125,5 +143,8 @@ def test_the_request_is_rebuilt_after_a_restart(store: AuditStore) -> None:
 def test_a_misspelt_request_field_is_a_policy_error() -> None:
     policy = make_policy()
     policy["rules"] = [{"id": "x", "action": "ask", "reason": "r", "when": "request.gaven.to"}]
-    with pytest.raises(PolicyError, match=r"'request' has no field 'gaven' \(fields: given, known, text"):
+    with pytest.raises(PolicyError, match=r"'request' has no field 'gaven' \(fields: given, known, mentions"):
+        Guard(policy, store="sqlite://")
+    policy["rules"][0]["when"] = "request.mentions.size() > 0"
+    with pytest.raises(PolicyError, match=r"request\.mentions needs a word"):
         Guard(policy, store="sqlite://")

@@ -147,7 +147,10 @@ class _Conditions:
             elif name == "now":
                 variables["now"] = dt.datetime.fromtimestamp(self._now, dt.timezone.utc)
             elif name == "request":
-                variables["request"] = self._state.request.cel_value(self._args, fields, self._state.trusted_values)
+                state, read = self._state, plan.request_args
+                variables["request"] = state.request.cel_value(
+                    self._args, fields, state.trusted_values, read, plan.mentions
+                )
         return variables
 
 

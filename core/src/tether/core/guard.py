@@ -22,6 +22,7 @@ from .behaviour import Behaviour
 from .classify import Classifier
 from .decision import ERROR_RULE, Decision, Enforcement, Ruling, ToolCall, decide, redact_args
 from .errors import StoreError, TetherError, UnsupportedValueError
+from .expr import Names, select
 from .keys import fingerprint
 from .planners import Planner, PlanningFailed, plan_scope
 from .policy.compile import CompiledPolicy, agent_value, load_policy, tool_value
@@ -261,27 +262,24 @@ class Session:
         )
         return ruling, findings + more, details
 
-    def _variables(
-        self, fields: dict[str, frozenset[str] | None], tool: str, args: dict[str, Plain], now: float
-    ) -> dict[str, Any]:
+    def _variables(self, names: Names, tool: str, args: dict[str, Plain], now: float) -> dict[str, Any]:
         """The CEL variables a scope's condition reads, as the policy's own conditions see them."""
         state, specs = self._state, self.guard.policy.policy
-        every = {
-            "tool": tool_value(tool, specs.tools.get(tool)),
-            "agent": agent_value(self.agent, specs.agents.get(self.agent)),
-        }
         out: dict[str, Any] = {}
-        for name, used in fields.items():
+        read = names.request_args
+        for name, used in names.fields.items():
             if name == "args":
-                out[name] = args
+                out[name] = select(args, used)
             elif name == "session":
                 out[name] = state.cel_value(self.agent, self.user, self.tenant, used)
             elif name == "request":
-                out[name] = state.request.cel_value(args, used, state.trusted_values)
+                out[name] = state.request.cel_value(args, used, state.trusted_values, read, names.mentions)
             elif name == "now":
                 out[name] = dt.datetime.fromtimestamp(now, dt.timezone.utc)
+            elif name == "tool":
+                out[name] = tool_value(tool, specs.tools.get(tool))
             else:
-                out[name] = every[name]
+                out[name] = agent_value(self.agent, specs.agents.get(self.agent))
         return out
 
     # -- scopes ------------------------------------------------------------------------------

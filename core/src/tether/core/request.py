@@ -6,8 +6,10 @@ tools' outputs are what the agent may rightly know besides. Policy conditions se
 
 - ``request.given.<arg>``: every value of that argument is one the user or system gave;
 - ``request.known.<arg>``: ... or one a trusted tool returned (a contact list, the user's IBAN);
-- ``request.text``: the request's text, to ask whether it mentions an action
-  (``request.text.matches("(?i)\\\\b(pay|transfer)")``).
+- ``request.mentions.<word>``: the request has a word that starts with it
+  (``request.mentions.pay`` holds for "pay", "payment", "paying"), to ask whether it asks for
+  an action;
+- ``request.text``: the request's text, for anything else (``request.text.matches(...)``).
 
 Values are compared by keyed fingerprint (the session keeps no raw value); the text is kept in
 memory only, bounded, for conditions to read.
@@ -20,11 +22,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .classify import normalize
+from .keys import fingerprint
 from .provenance import _canonical, content_values, fingerprints, strings
 
 MAX_TEXT = 64 * 1024  # characters of request text conditions and planners see
 MAX_TOKENS = 20_000  # distinct values one input contributes
 _WORD = re.compile(r"[^\s,;:!?()\[\]{}<>\"'`]+")
+_MENTION_WORD = re.compile(r"\w+")
 _NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
 _SPACES = re.compile(r"\s+")
 
@@ -84,10 +88,15 @@ class TrustedRequest:
         self.truncated = False  # more text arrived than conditions are shown
         self.given: set[str] = set()  # fingerprints of the values the user or system gave
         self._canonical_text = ""
+        self._text = ""
+        self._memo: dict[tuple[str | float, bool], bool] = {}  # (leaf, known?) -> found
+        self._memo_trusted = 0  # how many trusted values the memo's answers saw
+        self._words: frozenset[str] | None = None  # the request's words, found on first use
+        self._mentioned: dict[str, bool] = {}
 
     @property
     def text(self) -> str:
-        return "\n".join(self._parts)
+        return self._text
 
     def is_new(self, text: str) -> bool:
         return hash(text) not in self._seen
@@ -105,7 +114,11 @@ class TrustedRequest:
         if text:
             self._parts.append(text)
             self._size += len(text)
-            self._canonical_text = _SPACES.sub(" ", normalize(self.text)).casefold()
+            self._text = "\n".join(self._parts)
+            self._canonical_text = _SPACES.sub(" ", normalize(self._text)).casefold()
+        self._memo.clear()
+        self._words = None
+        self._mentioned.clear()
 
     def fingerprint_values(self, content: Any) -> list[str]:
         return sorted(fingerprints(self._key, request_values(content)))
@@ -115,28 +128,58 @@ class TrustedRequest:
         leaves = _leaves(value)
         if not leaves:
             return False
+        if known is not None and len(known) != self._memo_trusted:  # trusted content arrived since
+            self._memo.clear()
+            self._memo_trusted = len(known)
         for leaf in leaves:
-            token = repr(leaf) if isinstance(leaf, float) else _token(normalize(leaf))
-            if not token:
-                continue
-            if " " in token:  # a phrase: found in the request's own words
-                if token in self._canonical_text:
-                    continue
+            key = (leaf, known is not None)
+            found = self._memo.get(key)
+            if found is None:
+                found = self._memo[key] = self._leaf_holds(leaf, known)
+                if len(self._memo) > 4096:
+                    self._memo.clear()
+            if not found:
                 return False
-            fp = next(iter(fingerprints(self._key, {token})))
-            if fp in self.given or (known is not None and fp in known):
-                continue
-            return False
         return True
 
-    def cel_value(self, args: Mapping[str, Any], fields: frozenset[str] | None, trusted: set[str]) -> dict[str, Any]:
-        """The ``request`` variable: only ``fields``, if given."""
-        names = fields if fields is not None else frozenset({"text", "given", "known"})
+    def _leaf_holds(self, leaf: str | float, known: set[str] | None) -> bool:
+        token = repr(leaf) if isinstance(leaf, float) else _token(normalize(leaf))
+        if not token:
+            return True  # an empty string gives nothing away
+        if " " in token:  # a phrase: found in the request's own words
+            return token in self._canonical_text
+        fp = fingerprint(self._key, token.encode("utf-8", "surrogatepass"))
+        return fp in self.given or (known is not None and fp in known)
+
+    def cel_value(
+        self,
+        args: Mapping[str, Any],
+        fields: frozenset[str] | None,
+        trusted: set[str],
+        read: frozenset[str] | None = None,
+        mentions: frozenset[str] = frozenset(),
+    ) -> dict[str, Any]:
+        """The ``request`` variable: only ``fields``, if given, of ``given``/``known`` only the
+        arguments ``read`` (None: every argument), and of ``mentions`` the words asked about."""
+        names = fields if fields is not None else frozenset({"text", "given", "known", "mentions"})
+        chosen = args if read is None else {name: args[name] for name in read if name in args}
         out: dict[str, Any] = {}
         if "text" in names:
             out["text"] = self.text
         if "given" in names:
-            out["given"] = {name: self._holds(value, None) for name, value in args.items()}
+            out["given"] = {name: self._holds(value, None) for name, value in chosen.items()}
         if "known" in names:
-            out["known"] = {name: self._holds(value, trusted) for name, value in args.items()}
+            out["known"] = {name: self._holds(value, trusted) for name, value in chosen.items()}
+        if "mentions" in names:
+            out["mentions"] = {word: self.mentions(word) for word in mentions}
         return out
+
+    def mentions(self, word: str) -> bool:
+        """Whether a word of the request starts with ``word`` (case does not matter)."""
+        found = self._mentioned.get(word)
+        if found is None:
+            if self._words is None:
+                self._words = frozenset(_MENTION_WORD.findall(self._canonical_text))
+            prefix = word.casefold()
+            found = self._mentioned[word] = any(w.startswith(prefix) for w in self._words)
+        return found

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .decision import Ruling
 from .errors import TetherError
-from .expr import Condition, ConditionError, ConditionFailed, compile_condition, evaluate
+from .expr import Condition, ConditionError, ConditionFailed, Names, compile_condition, evaluate
 from .policy.compile import CompiledPolicy
 from .policy.schema import Verdict
 
@@ -200,7 +200,7 @@ class Check:
     finding: str | None = None
 
 
-Bind = Callable[[dict[str, "frozenset[str] | None"]], dict[str, Any]]
+Bind = Callable[[Names], dict[str, Any]]
 
 
 def check(scope: Scope | None, policy: CompiledPolicy, tool: str, bind: Bind) -> Check:
@@ -218,7 +218,7 @@ def check(scope: Scope | None, policy: CompiledPolicy, tool: str, bind: Bind) ->
     condition = scope.conditions[tool]
     if condition is not None:
         try:
-            holds = evaluate(condition, bind(condition.names.fields))
+            holds = evaluate(condition, bind(condition.names))
         except ConditionFailed as exc:
             reason = f"the scope's condition on {tool!r} could not be evaluated: {exc} (denied to stay safe)"
             return Check(Ruling(Verdict.DENY, reason, (SCOPE_RULE,), error=str(exc)), False, f"{SCOPE_RULE}: {reason}")

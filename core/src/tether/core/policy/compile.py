@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..classify import DEFAULT, DETECTORS, Classifier, Detector
 from ..errors import PolicyError, PolicyIssue, TetherError
-from ..expr import Condition, ConditionError, compile_condition, merge_fields, select
+from ..expr import Condition, ConditionError, compile_condition, merge_fields, merge_request_args, select
 from ..values import canonical_json
 from .loader import KeyPath, Source, format_path, read_policy
 from .schema import AgentSpec, Grant, Policy, Rate, Rule, ToolSpec, Verdict
@@ -70,6 +70,8 @@ class Plan:
     fields: dict[str, frozenset[str] | None]
     conditions: int  # how many rules carry a condition
     statics: dict[str, Any] = field(repr=False)  # the 'tool' and 'agent' CEL values
+    request_args: frozenset[str] | None = frozenset()  # the arguments read through request.given/known
+    mentions: frozenset[str] = frozenset()  # the words read through request.mentions
 
 
 class CompiledPolicy:
@@ -141,6 +143,8 @@ class CompiledPolicy:
             fields,
             len(conditions),
             {name: select(value, fields[name]) for name, value in statics.items() if name in fields},
+            merge_request_args([condition.names.request_args for condition in conditions]),
+            frozenset().union(*(condition.names.mentions for condition in conditions)),
         )
 
     def _grant_rules(self, path: KeyPath, grant: Grant) -> list[CompiledRule]:
