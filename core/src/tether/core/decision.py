@@ -146,6 +146,11 @@ class _Conditions:
                 variables["session"] = self._state.cel_value(plan.agent, self._user, self._tenant, fields)
             elif name == "now":
                 variables["now"] = dt.datetime.fromtimestamp(self._now, dt.timezone.utc)
+            elif name == "request":
+                state, read = self._state, plan.request_args
+                variables["request"] = state.request.cel_value(
+                    self._args, fields, state.trusted_values, read, plan.mentions
+                )
         return variables
 
 

@@ -24,6 +24,7 @@ FIELDS: dict[str, frozenset[str] | None] = {
     "agent": frozenset({"name", "purpose", "owner", "data"}),
     "session": frozenset({"id", "user", "tenant", "calls", "tool_calls", "tainted", "tainted_by", "labels"}),
     "now": None,  # a timestamp
+    "request": frozenset({"text", "given", "known", "mentions"}),  # the session's trusted request (request.py)
 }
 _MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 _KEYWORDS = frozenset({"true", "false", "null", "in"})
@@ -71,6 +72,10 @@ class Names:
     fields: dict[str, frozenset[str] | None]
     #: tool names read as ``session.tool_calls["x"]`` or ``session.tool_calls.x``
     tool_names: frozenset[str] = field(default_factory=frozenset)
+    #: arguments read as ``request.given.x`` or ``request.known.x`` (None: read by a computed key)
+    request_args: frozenset[str] | None = field(default_factory=frozenset)
+    #: words read as ``request.mentions.x``
+    mentions: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def variables(self) -> frozenset[str]:
@@ -104,6 +109,8 @@ def scan_names(source: str) -> Names:
     }
     fields: dict[str, frozenset[str] | None] = {}
     tool_names: set[str] = set()
+    request_args: set[str] | None = set()
+    mentions: set[str] = set()
     for i, tok in enumerate(tokens):
         if tok.kind != "ident" or tok.text in _KEYWORDS or tok.text in bound:
             continue
@@ -125,7 +132,26 @@ def scan_names(source: str) -> Names:
         fields = merge_fields([fields, {tok.text: used}])
         if tok.text == "session" and member is not None and member.text == "tool_calls":
             tool_names.update(_indexed_names(tokens, i + 2))
-    return Names(fields, frozenset(tool_names))
+        if tok.text == "request" and member is not None and member.text in ("given", "known"):
+            named = _indexed_names(tokens, i + 2)
+            request_args = None if request_args is None or not named else request_args | set(named)
+        if tok.text == "request" and member is not None and member.text == "mentions":
+            words = _indexed_names(tokens, i + 2)
+            if not words:
+                raise ConditionError("request.mentions needs a word: request.mentions.pay", member.pos + 1)
+            mentions.update(words)
+    args = None if request_args is None else frozenset(request_args)
+    return Names(fields, frozenset(tool_names), args, frozenset(mentions))
+
+
+def merge_request_args(many: list[frozenset[str] | None]) -> frozenset[str] | None:
+    """The arguments several conditions read through ``request.given``/``request.known``."""
+    merged: frozenset[str] = frozenset()
+    for names in many:
+        if names is None:
+            return None
+        merged |= names
+    return merged
 
 
 def _member(tokens: list[_Token], i: int) -> _Token | None:
@@ -217,13 +243,26 @@ _NUL_MESSAGE = "binary values containing NUL bytes cannot be checked by this CEL
 
 
 def _has_nul_bytes(value: Any) -> bool:
-    if isinstance(value, bytes):
-        return b"\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul_bytes(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_nul_bytes(v) for v in value)
+    stack = [value]  # no recursion and no generators: this runs on every evaluation
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind is bytes and b"\x00" in item:
+            return True
+        elif kind not in _LEAVES and isinstance(item, (bytes, dict, list)):  # subclasses
+            if isinstance(item, bytes):
+                if b"\x00" in item:
+                    return True
+            else:
+                stack.extend(item.values() if isinstance(item, dict) else item)
     return False
+
+
+_LEAVES = frozenset({str, int, float, bool, type(None), bytes, dt.datetime})
 
 
 class _Converted(dict[str, Any]):

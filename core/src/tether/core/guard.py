@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import threading
@@ -12,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import scopes
 from .approvals import ApprovalAnswer, ApprovalRequest, Approver, Unanswered
 from .audit.events import Kind, NewEvent
 from .audit.store import AuditStore
@@ -21,11 +23,13 @@ from .classify import Classifier
 from .decision import ERROR_RULE, Decision, Enforcement, Ruling, ToolCall, redact_args
 from .errors import StoreError, TetherError, UnsupportedValueError
 from .keys import fingerprint
+from .planners import Planner, PlanningFailed, plan_scope
 from .policy.compile import CompiledPolicy, load_policy
 from .policy.schema import Mode, Policy, Trust, Verdict
 from .protect import Held, held_back
 from .provenance import argument_values, content_values, fingerprints, reads_like_instructions, strings, trusted_parts
 from .redact import Preview, mask, mask_values, preview, user_ref
+from .request import as_request_text
 from .ruling import rule_on
 from .state import SessionState
 from .values import Plain, as_text, canonical_json, clean_str, to_plain
@@ -81,6 +85,8 @@ class Guard:
         tenant: str | None = None,
         context: Mapping[str, str] | None = None,
         parent: str | None = None,
+        scope: Any = None,
+        planner: Planner | None = None,
     ) -> Session:
         """A handle for ``agent`` acting in session ``session_id`` (a new id when omitted).
 
@@ -88,17 +94,27 @@ class Guard:
         ``context`` is what the framework knows about where the agent acts (crew, task, graph
         node...); it is recorded with each of this handle's events. ``parent`` is the id of the
         session that started this one (a sub-agent's run): the audit links the two.
+        ``scope`` holds the session's risky calls to a task's tools (see :meth:`Session.set_scope`);
+        ``planner`` makes one from the trusted request when it arrives (see :meth:`Session.plan`).
         """
         if not agent:
             raise TetherError("a session needs the name of the agent acting in it")
         session_id = session_id or _new_id()
-        return Session(self, self._state(session_id), agent, user, tenant, dict(context or {}), parent)
+        session = Session(self, self._state(session_id), agent, user, tenant, dict(context or {}), parent, planner)
+        if scope is not None:
+            session.set_scope(scope)
+        return session
 
     def _state(self, session_id: str) -> SessionState:
         with self._lock:
             state = self._states.get(session_id)
             if state is None:
-                state = SessionState(session_id, rate_window=self.policy.rate_window, sequences=self.policy.sequences)
+                state = SessionState(
+                    session_id,
+                    rate_window=self.policy.rate_window,
+                    sequences=self.policy.sequences,
+                    key=self.store.key,
+                )
                 self._states[session_id] = state
                 if len(self._states) > _MAX_SESSIONS:
                     self._states.popitem(last=False)
@@ -128,8 +144,10 @@ class Session:
         tenant: str | None,
         context: dict[str, str] | None = None,
         parent: str | None = None,
+        planner: Planner | None = None,
     ) -> None:
         self.guard = guard
+        self.planner = planner
         self.agent = agent
         self.user = user
         self._user_ref = user_ref(guard.store.key, user) if user else None  # what the audit stores
@@ -233,6 +251,7 @@ class Session:
         labels: frozenset[str],
         arg_values: Mapping[str, str] | None = None,
     ) -> tuple[Ruling, list[str], dict[str, Any]]:
+        self._plan_if_pending()
         guard = self.guard
         return rule_on(
             guard.policy,
@@ -247,6 +266,81 @@ class Session:
             tenant=self.tenant,
             arg_values=arg_values,
         )
+
+    # -- scopes ------------------------------------------------------------------------------
+
+    def set_scope(self, scope: Any, *, origin: str = "application") -> scopes.Scope:
+        """Hold this session's risky calls to a task's scope: the risky tools the task may use,
+        each with an optional CEL condition on its arguments, e.g.
+        ``{"task": "pay the rent", "tools": {"send_money": "request.given.recipient"}}``.
+
+        A scope only narrows the policy. It is checked against it first: an unknown tool, a tool
+        the agent is not granted, or a condition that does not compile raises
+        :class:`~tether.core.scopes.ScopeError`. A scope set after untrusted content entered the
+        session is refused (or, if the policy's ``scopes.late`` says ``flag``, flagged on each
+        decision). Either outcome is recorded in the audit."""
+        try:
+            built = scopes.build(scope, self.guard.policy, self.agent, origin)
+        except scopes.ScopeError as exc:
+            self._record_scope({"origin": origin, "error": str(exc)}, Verdict.DENY)
+            raise
+        with self._state.lock:
+            self._load()
+            # a planner saw only the trusted request, so its scope is sound however late it comes
+            sources = sorted(set(self._state.tainted_by)) if origin == "application" else []
+            if sources:
+                if self.guard.policy.policy.scopes.late == "refuse":
+                    why = f"a scope must be set before untrusted content arrives (already read: {', '.join(sources)})"
+                    self._record_scope({**built.record(), "error": why}, Verdict.DENY)
+                    raise scopes.ScopeError([why])
+                built = dataclasses.replace(built, late=True)
+            self._record_scope(built.record(), Verdict.ALLOW)
+            self._state.scope = built
+        return built
+
+    @property
+    def scope(self) -> scopes.Scope | None:
+        with self._state.lock:
+            self._load()
+            scope: scopes.Scope | None = self._state.scope
+            return scope
+
+    def plan(self, request: str | None = None) -> scopes.Scope:
+        """Ask the session's planner for a scope, from ``request`` or the trusted request so far.
+
+        The planner sees only trusted content: the request, the agent's purpose and its granted
+        tools. If it fails (an error, malformed or widening output, no answer in the policy's
+        ``scopes.planner_timeout``), the policy's ``scopes.planner_failure`` decides: run without
+        a scope (each risky call carries the finding) or deny the session's risky calls."""
+        if self.planner is None:
+            raise TetherError("this session has no planner")
+        with self._state.lock:
+            self._load()
+            text = request if request is not None else self._state.request.text
+        policy = self.guard.policy
+        origin = f"planner:{getattr(self.planner, 'name', type(self.planner).__name__)}"
+        try:
+            spec = plan_scope(self.planner, text, policy, self.agent)
+            return self.set_scope(spec, origin=origin)
+        except (PlanningFailed, scopes.ScopeError) as exc:
+            closed = policy.policy.scopes.planner_failure == "deny"
+            log.warning("Tether's planner gave no scope for session %s: %s", self.id, exc)
+            fallback = scopes.failed(f"the planner failed: {exc}", origin, closed=closed)
+            with self._state.lock:
+                self._record_scope(fallback.record(), Verdict.DENY if closed else Verdict.ALLOW)
+                self._state.scope = fallback
+            return fallback
+
+    def _plan_if_pending(self) -> None:
+        """Run the planner once, before the session's first risky decision at the latest."""
+        if self.planner is not None and self._state.scope is None:
+            self.plan()
+
+    def _record_scope(self, details: dict[str, Any], verdict: Verdict) -> None:
+        with self._state.lock:
+            self._load()
+            event = self._event(Kind.SCOPE, time.time(), verdict=verdict.value, details=details)
+            self._write(event)
 
     def _readable(self, args: Mapping[str, Any]) -> tuple[dict[str, Plain], Ruling | None]:
         """Arguments as plain data, or a denial saying why Tether cannot read them."""
@@ -533,14 +627,32 @@ class Session:
         plain = _plain_or_text(content, "input")
         values = sorted(fingerprints(self.guard.store.key, content_values(plain)))
         shown = preview(plain, self.guard.store.key, self.guard.policy.classifier)
-        details = {"source": source, "content": shown.value, "labels": sorted(shown.labels), "values": values}
+        given = self._state.request.fingerprint_values(plain)
+        details = {
+            "source": source,
+            "content": shown.value,
+            "labels": sorted(shown.labels),
+            "values": values,
+            "given": given,
+        }
         with self._state.lock:
             self._load()
             event = self._event(Kind.INPUT, time.time(), details=details)
             self._write(event)
             self._state.record_values(values, None)
+            self._state.request.add(as_request_text(plain), given)
             self._state.labels.update(shown.labels)
+            if self._state.request.truncated:
+                log.warning("session %s: the request is longer than conditions are shown; its start is kept", self.id)
+        self._plan_if_ready()
         return event.event_id
+
+    def _plan_if_ready(self) -> None:
+        """A planner plans from the first trusted request, while nothing untrusted has been read."""
+        with self._state.lock:
+            ready = self.planner is not None and self._state.scope is None and not self._state.tainted_by
+        if ready:
+            self.plan()
 
     def _held(self, plain: Plain) -> list[Held]:
         """What the policy's protections hold back from content on its way to this agent."""
@@ -566,14 +678,22 @@ class Session:
         protections may rewrite plain-data messages (redacting what the agent may not see) or
         withhold them. The user's and system messages are trusted input for provenance."""
         key = self.guard.store.key
-        trusted = sorted(fingerprints(key, content_values(list(trusted_parts(messages)))))
+        parts = list(trusted_parts(messages))
+        trusted = sorted(fingerprints(key, content_values(parts)))
+        text = as_request_text(_plain_or_text(parts, "messages"))
+        request = self._state.request
+        given = request.fingerprint_values(text) if request.is_new(text) else []
         plain = _plain_or_text(messages, "messages")
         held = self._held(plain)
         sent, plain = _apply(held, messages, plain, key, self.guard.policy.classifier, self.guard.mode)
         details: dict[str, Any] = {"model": model, "values": trusted, "held": [h.reason for h in held] or None}
+        if given:
+            details["given"] = given
         event_id = self._record_model(Kind.MODEL_REQUEST, parent, details, "messages", plain)
         with self._state.lock:
             self._state.record_values(trusted, None)
+            request.add(text, given)
+        self._plan_if_ready()
         withheld = next((h for h in held if h.verdict is Verdict.DENY), None)
         if withheld is not None and self.guard.mode is not Mode.MONITOR:
             return ModelRequest(event_id, messages, allowed=False, reason=f"{withheld.rule_id}: {withheld.reason}")
@@ -651,6 +771,10 @@ class Session:
         if not self._loaded:
             if self._state.events == 0:
                 self._state.replay(self.guard.store.session_events(self.id))
+                if self._state.scope_event is not None and self._state.scope is None:
+                    recorded = self._state.scope_event
+                    if recorded.get("error") is None:
+                        self._state.scope = scopes.rebuild(recorded, self.guard.policy, self.agent)
             self._loaded = True
 
     def _event(

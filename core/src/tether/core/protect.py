@@ -40,10 +40,15 @@ def check_call(
     labels: Iterable[str],
     key: bytes,
     arg_values: Mapping[str, str] | None = None,
+    *,
+    in_scope: bool = False,
 ) -> tuple[Ruling | None, list[str]]:
     """The strictest protection that fires on a call (``None``: none), and every finding as text
     (the audit records findings even where the policy lets them through). ``arg_values``: keyed
-    fingerprint -> value of the arguments' traceable values, if already worked out."""
+    fingerprint -> value of the arguments' traceable values, if already worked out.
+
+    A call inside the session's task scope is one the trusted request implies: instructions in
+    untrusted content are then recorded but do not hold it (its values are still traced)."""
     spec = policy.policy.tools.get(tool)
     if spec is None or not policy.risky.intersection(spec.effects):
         return None, []
@@ -71,7 +76,7 @@ def check_call(
     if state.instructions:
         source = state.instructions[-1][0]
         found(
-            protections.instructions,
+            "allow" if in_scope else protections.instructions,
             INSTRUCTIONS,
             f"untrusted content from {source!r} earlier in this session reads like instructions to the agent",
         )

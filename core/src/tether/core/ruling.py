@@ -7,12 +7,15 @@ makes a replayed decision the decision the guard would have made.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
+from . import scopes
 from .behaviour import Behaviour
 from .decision import Ruling, decide
-from .policy.compile import CompiledPolicy
+from .expr import Names, select
+from .policy.compile import CompiledPolicy, agent_value, tool_value
 from .policy.schema import Verdict
 from .protect import check_call, combine
 from .state import SessionState
@@ -41,8 +44,51 @@ def rule_on(
     if ruling.verdict is Verdict.DENY:
         return ruling, [], {}
     key = behaviour.store.key
-    protection, findings = check_call(policy, state, tool, args, labels, key, arg_values)
+    scoped = scopes.check(
+        state.scope, policy, tool, lambda names: _variables(policy, state, names, agent, tool, args, now, user, tenant)
+    )
+    protection, findings = check_call(policy, state, tool, args, labels, key, arg_values, in_scope=scoped.in_scope)
+    if scoped.finding:
+        findings.append(scoped.finding)
     ruling, more, details = behaviour.rule_on(
-        combine(ruling, protection), state, agent, tool, args, labels, now, user=user, tenant=tenant
+        combine(combine(ruling, protection), scoped.ruling),
+        state,
+        agent,
+        tool,
+        args,
+        labels,
+        now,
+        user=user,
+        tenant=tenant,
     )
     return ruling, findings + more, details
+
+
+def _variables(
+    policy: CompiledPolicy,
+    state: SessionState,
+    names: Names,
+    agent: str,
+    tool: str,
+    args: dict[str, Plain],
+    now: float,
+    user: str | None,
+    tenant: str | None,
+) -> dict[str, Any]:
+    """The CEL variables a scope's condition reads, as the policy's own conditions see them."""
+    specs = policy.policy
+    out: dict[str, Any] = {}
+    for name, used in names.fields.items():
+        if name == "args":
+            out[name] = select(args, used)
+        elif name == "session":
+            out[name] = state.cel_value(agent, user, tenant, used)
+        elif name == "request":
+            out[name] = state.request.cel_value(args, used, state.trusted_values, names.request_args, names.mentions)
+        elif name == "now":
+            out[name] = dt.datetime.fromtimestamp(now, dt.timezone.utc)
+        elif name == "tool":
+            out[name] = tool_value(tool, specs.tools.get(tool))
+        else:
+            out[name] = agent_value(agent, specs.agents.get(agent))
+    return out

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .request import TrustedRequest
 from .sequences import History, SequenceProgram
 
 
@@ -25,7 +26,9 @@ class _Calls:
 class SessionState:
     """One session's counters, shared by every agent acting in it. Guard it with ``lock``."""
 
-    def __init__(self, session_id: str, *, rate_window: int = 0, sequences: SequenceProgram | None = None) -> None:
+    def __init__(
+        self, session_id: str, *, rate_window: int = 0, sequences: SequenceProgram | None = None, key: bytes = b""
+    ) -> None:
         self.id = session_id
         self.lock = threading.RLock()
         self.events = 0  # events written so far (0: the session is new)
@@ -37,6 +40,9 @@ class SessionState:
         self.trusted_values: set[str] = set()
         self.untrusted_values: dict[str, tuple[str, str]] = {}  # fingerprint -> (tool, audit event)
         self.instructions: list[tuple[str, str]] = []  # untrusted outputs that address the agent
+        self.request = TrustedRequest(key)  # what the people the agent serves asked (request.py)
+        self.scope: Any = None  # the task's scope (scopes.Scope), once set
+        self.scope_event: dict[str, Any] | None = None  # the latest scope event read back from the audit
         self._rate_window = rate_window
         self._calls: dict[tuple[str, str | None], _Calls] = {}
         self.history = History(sequences) if sequences is not None else None  # for sequence rules and anomalies
@@ -116,7 +122,24 @@ class SessionState:
             if instructions and tool is not None:
                 self.instructions.append((tool, event.event_id))
             self.labels.update(read_labels(event))
+            self._replay_request(event)
             self.observe(event)
+
+    def _replay_request(self, event: Any) -> None:
+        from .audit.events import Kind
+        from .provenance import trusted_parts
+        from .request import as_request_text
+
+        if event.kind == Kind.SCOPE:
+            if not event.details.get("error"):  # a refused scope left the one before in force
+                self.scope_event = event.details
+        elif event.kind in (Kind.INPUT, Kind.MODEL_REQUEST):
+            details = event.details
+            if event.kind == Kind.INPUT:
+                content = details.get("content")
+            else:
+                content = list(trusted_parts(details.get("messages")))
+            self.request.add(as_request_text(content), details.get("given") or ())
 
 
 _SESSION_FIELDS: dict[str, Callable[[SessionState, str, str | None, str | None], Any]] = {

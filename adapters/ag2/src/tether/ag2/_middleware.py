@@ -35,6 +35,7 @@ from ag2.events import (
 from ag2.middleware import BaseMiddleware, ToolExecution, ToolResultType
 from ag2.utils import AGENT_CONTEXT_DEPENDENCY_KEY
 from tether.core import ApprovalAnswer, Approver, Decision, Guard, Mode, Session, TetherError
+from tether.core.planners import Planner
 
 from ._convert import apply_redactions, arguments, hitl_question, output, response_text, transcript
 
@@ -103,6 +104,7 @@ class TetherMiddleware:
         approver: Approver | None = None,
         hitl_approver: str = "ag2-hitl",
         record_model: bool = True,
+        planner: Planner | None = None,
     ) -> None:
         if approvals not in ("tether", "ag2"):
             raise ValueError(f"approvals must be 'tether' or 'ag2', not {approvals!r}")
@@ -115,6 +117,7 @@ class TetherMiddleware:
         self.approver = approver
         self.hitl_approver = hitl_approver
         self.record_model = record_model
+        self.planner = planner  # gives each session a task scope from its trusted request
         _remember(guard)
 
     def __call__(self, event: BaseEvent, context: Any) -> BaseMiddleware:
@@ -151,7 +154,13 @@ class TetherMiddleware:
             session_id, linked = parent.session.id, None
         agent = self.identity(context)
         return self.guard.session(
-            agent, session_id or task_id or stream, user=user, tenant=tenant, context=found, parent=linked
+            agent,
+            session_id or task_id or stream,
+            user=user,
+            tenant=tenant,
+            context=found,
+            parent=linked,
+            planner=self.planner,
         )
 
 

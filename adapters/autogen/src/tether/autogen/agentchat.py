@@ -50,6 +50,7 @@ from autogen_core.models import ChatCompletionClient, CreateResult, FunctionExec
 from autogen_core.tools import BaseTool, TextResultContent, ToolResult
 
 from tether.core import Decision, Guard, Mode, Session, TetherError, mcp_tool
+from tether.core.planners import Planner
 
 __all__ = ["CODE_TOOL", "Registration", "ToolRefused", "register_guard"]
 
@@ -87,9 +88,16 @@ class Registration:
     """Tether registered on an AgentChat agent or team: its guard, agents and sessions."""
 
     def __init__(
-        self, guard: Guard, session_id: str | None, user: str | None, tenant: str | None, fallback: bool = False
+        self,
+        guard: Guard,
+        session_id: str | None,
+        user: str | None,
+        tenant: str | None,
+        fallback: bool = False,
+        planner: Planner | None = None,
     ) -> None:
         self.guard = guard
+        self.planner = planner  # gives each session a task scope from its trusted request
         self.agents: list[str] = []
         self._fixed = session_id
         self._user, self._tenant = user, tenant
@@ -107,7 +115,9 @@ class Registration:
         if self._fallback:
             context["attribution"] = "fallback"  # outside any guarded run: see the docs
         sid = session_id or self.session_id
-        return self.guard.session(agent, sid, user=self._user, tenant=self._tenant, context=context)
+        return self.guard.session(
+            agent, sid, user=self._user, tenant=self._tenant, context=context, planner=self.planner
+        )
 
     def _new_run(self) -> _Run:
         self._last = _Run(self, self._fixed or os.urandom(8).hex())
@@ -122,11 +132,17 @@ class Registration:
 
 
 def register_guard(
-    target: Any, guard: Guard, *, session_id: str | None = None, user: str | None = None, tenant: str | None = None
+    target: Any,
+    guard: Guard,
+    *,
+    session_id: str | None = None,
+    user: str | None = None,
+    tenant: str | None = None,
+    planner: Planner | None = None,
 ) -> Registration:
     """Put the runs of ``target`` (an agent or a team, with every agent and team inside it) under
-    ``guard``. Registering the same guard again is a no-op; a different guard raises
-    :class:`TetherError`."""
+    ``guard`` (``planner``: a task scope for each session from its trusted request). Registering
+    the same guard again is a no-op; a different guard raises :class:`TetherError`."""
     global _latest
     _install()
     existing: Registration | None = target.__dict__.get(_ATTR)
@@ -134,7 +150,7 @@ def register_guard(
         if existing.guard is not guard:
             raise TetherError("this agent or team is already guarded by another Tether guard")
         return existing
-    registration = Registration(guard, session_id, user, tenant)
+    registration = Registration(guard, session_id, user, tenant, planner=planner)
     for member in _members(target):
         other = member.__dict__.get(_ATTR)
         if other is not None and other.guard is not guard:

@@ -50,6 +50,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from tether.core import Decision, Guard, Mode, Session, TetherError
+from tether.core.planners import Planner
 
 __all__ = ["CODE_TOOL", "Registration", "register_guard"]
 
@@ -93,9 +94,16 @@ class Registration:
     """Tether registered on a set of agents that converse together (they share a session)."""
 
     def __init__(
-        self, guard: Guard, session_id: str | None, user: str | None, tenant: str | None, fallback: bool = False
+        self,
+        guard: Guard,
+        session_id: str | None,
+        user: str | None,
+        tenant: str | None,
+        fallback: bool = False,
+        planner: Planner | None = None,
     ) -> None:
         self.guard = guard
+        self.planner = planner  # gives each session a task scope from its trusted request
         self.agents: list[ConversableAgent] = []
         self._fixed = session_id
         self._user, self._tenant = user, tenant
@@ -130,7 +138,9 @@ class Registration:
                 context = {"framework": "autogen", "executor": executor}
                 if self._fallback:
                     context["attribution"] = "fallback"  # no guarded chat and no registration: see the docs
-                found = self.guard.session(agent, session_id, user=self._user, tenant=self._tenant, context=context)
+                found = self.guard.session(
+                    agent, session_id, user=self._user, tenant=self._tenant, context=context, planner=self.planner
+                )
                 _remember(self._sessions, key, found)
             return found
 
@@ -146,8 +156,10 @@ def register_guard(
     session_id: str | None = None,
     user: str | None = None,
     tenant: str | None = None,
+    planner: Planner | None = None,
 ) -> Registration:
-    """Put the chats of ``target``'s agents under ``guard``'s policy.
+    """Put the chats of ``target``'s agents under ``guard``'s policy (``planner``: a task scope
+    for each session from its trusted request, see ``tether.core.planners``).
 
     ``target`` is an agent, a list of agents, a ``GroupChat`` (its agents), a ``GroupChatManager``
     (its group's agents and itself) or a group pattern (ag2 0.9+: its agents and user agent). An
@@ -156,7 +168,7 @@ def register_guard(
     """
     global _latest
     _install()
-    registration = Registration(guard, session_id, user, tenant)
+    registration = Registration(guard, session_id, user, tenant, planner=planner)
     for agent in _agents_of(target):
         existing = agent.__dict__.get(_ATTR)
         if existing is not None:

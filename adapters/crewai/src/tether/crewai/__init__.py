@@ -27,6 +27,7 @@ from crewai.flow.flow import Flow
 from crewai.lite_agent import LiteAgent
 from crewai.tools.base_tool import BaseTool
 from tether.core import Guard, TetherError
+from tether.core.planners import Planner
 
 from ._install import cover_tool_classes, install
 from ._models import record_calls_of
@@ -43,6 +44,7 @@ def enable_step_guard(
     user: Identity = None,
     tenant: Identity = None,
     mcp_servers: Mapping[str, Any] | None = None,
+    planner: Planner | None = None,
 ) -> StepGuard:
     """Decide every tool call of ``target`` (a ``Crew``, an ``Agent`` or a ``Flow``) with ``guard``.
 
@@ -50,7 +52,8 @@ def enable_step_guard(
     ``session_id`` fixes one. ``user`` and ``tenant`` are strings, or functions of the run's
     ``inputs`` (``lambda inputs: inputs["customer"]``). ``mcp_servers`` names the MCP servers
     the agents load (``{"helpdesk": MCPServerStdio(...)}``): their tools are ``helpdesk/<tool>``
-    in the policy. Enabling the same guard twice is a no-op; another guard raises.
+    in the policy. ``planner`` gives each run a task scope from its trusted request (see
+    ``tether.core.planners``). Enabling the same guard twice is a no-op; another guard raises.
     """
     install()
     existing = step_guard_of(target)
@@ -61,7 +64,8 @@ def enable_step_guard(
     agents = _agents_of(target)
     for agent in agents:
         _refuse_ungoverned(agent)
-    step_guard = StepGuard(guard, session_id=session_id, user=user, tenant=tenant, mcp_names=_mcp_names(mcp_servers))
+    names = _mcp_names(mcp_servers)
+    step_guard = StepGuard(guard, session_id=session_id, user=user, tenant=tenant, mcp_names=names, planner=planner)
     mark(target, step_guard)
     for agent in agents:
         mark(agent, step_guard)

@@ -15,6 +15,7 @@ from typing import Any
 
 from crewai.utilities.string_utils import sanitize_tool_name
 from tether.core import Guard, Mode, Session, TetherError
+from tether.core.planners import Planner
 
 log = logging.getLogger("tether.crewai")
 
@@ -39,8 +40,10 @@ class StepGuard:
         user: Identity,
         tenant: Identity,
         mcp_names: Mapping[str, str],
+        planner: Planner | None = None,
     ) -> None:
         self.guard = guard
+        self.planner = planner  # gives each run a task scope from its trusted request
         self.fixed_session = session_id
         self.user = user
         self.tenant = tenant
@@ -108,7 +111,13 @@ class Run:
     def session(self, agent: str, task: str | None = None) -> Session:
         context = {**self.context, "task": task} if task else self.context
         return self.step_guard.guard.session(
-            agent, self.session_id, user=self.user, tenant=self.tenant, context=context, parent=self.parent
+            agent,
+            self.session_id,
+            user=self.user,
+            tenant=self.tenant,
+            context=context,
+            parent=self.parent,
+            planner=self.step_guard.planner,
         )
 
     def frameless_session(self, agent: str | None) -> Session:

@@ -16,6 +16,7 @@ from langgraph.config import get_config
 from langgraph.errors import GraphBubbleUp
 from langgraph.types import Command
 from tether.core import Decision, Guard, Mode, Session, TetherError, mcp_tool
+from tether.core.planners import Planner
 
 from . import _waist
 from ._batch import Batches
@@ -41,7 +42,8 @@ class Tether:
     ``configurable["tether_tenant"]`` or ``["tenant_id"]``). ``approvals`` says how a call the
     policy marks ``ask`` waits for a person: ``"interrupt"`` pauses the graph with
     ``interrupt()`` (needs a checkpointer), ``"queue"`` waits on the guard's approver
-    (e.g. :class:`~tether.core.QueueApprover`, answered with ``tether approvals``).
+    (e.g. :class:`~tether.core.QueueApprover`, answered with ``tether approvals``). ``planner``
+    gives each session a task scope from the user's request (``tether.langgraph.planner``).
 
     Plug it in with ``ToolNode(tools, wrap_tool_call=t.wrap_tool_call, awrap_tool_call=t.awrap_tool_call)``,
     ``create_agent(..., middleware=[t.middleware()])``, ``config={"callbacks": [t.callback_handler()]}``
@@ -59,6 +61,7 @@ class Tether:
         tenant: str | None = None,
         approvals: Approvals = "interrupt",
         messages_key: str = "messages",
+        planner: Planner | None = None,
     ) -> None:
         if approvals not in ("interrupt", "queue"):
             raise TetherError(f"approvals must be 'interrupt' or 'queue', not {approvals!r}")
@@ -71,6 +74,7 @@ class Tether:
         self.tenant = tenant
         self.approvals: Approvals = approvals
         self.messages_key = messages_key
+        self.planner = planner
         self.key = os.urandom(8).hex()
         self.handler = TetherCallbackHandler(self)
         self._sessions: OrderedDict[tuple[str, ...], Session] = OrderedDict()
@@ -116,6 +120,7 @@ class Tether:
                     user=str(user) if user else None,
                     tenant=str(tenant) if tenant else None,
                     context=context,
+                    planner=self.planner,
                 )
                 self._sessions[key] = session
                 _trim(self._sessions)

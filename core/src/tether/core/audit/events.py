@@ -20,6 +20,7 @@ class Kind:
     APPROVAL_ANSWER = "approval.answer"  # a person answered a queued request
     TOOL_RESULT = "tool.result"
     INPUT = "input"  # trusted input: the user's request, the system prompt
+    SCOPE = "scope"  # the task scope a session's risky calls are held to (or why it has none)
 
 
 @dataclass(frozen=True)

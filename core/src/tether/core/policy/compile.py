@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..classify import DEFAULT, DETECTORS, Classifier, Detector
 from ..errors import PolicyError, PolicyIssue, TetherError
-from ..expr import Condition, ConditionError, compile_condition, merge_fields, select
+from ..expr import Condition, ConditionError, compile_condition, merge_fields, merge_request_args, select
 from ..values import canonical_json
 from .loader import KeyPath, Source, format_path, read_policy
 from .schema import AgentSpec, Grant, Policy, Rate, Rule, ToolSpec, Verdict
@@ -70,6 +70,8 @@ class Plan:
     fields: dict[str, frozenset[str] | None]
     conditions: int  # how many rules carry a condition
     statics: dict[str, Any] = field(repr=False)  # the 'tool' and 'agent' CEL values
+    request_args: frozenset[str] | None = frozenset()  # the arguments read through request.given/known
+    mentions: frozenset[str] = frozenset()  # the words read through request.mentions
 
 
 class CompiledPolicy:
@@ -127,7 +129,7 @@ class CompiledPolicy:
                 by_action[rule.action].append(self._rule(("rules", index), rule))
         conditions = [r.condition for rules in by_action.values() for r in rules if r.condition]
         fields = merge_fields([condition.names.fields for condition in conditions])
-        statics = {"tool": _tool_value(tool, tool_spec), "agent": _agent_value(agent, agent_spec)}
+        statics = {"tool": tool_value(tool, tool_spec), "agent": agent_value(agent, agent_spec)}
         return Plan(
             agent,
             tool,
@@ -141,6 +143,8 @@ class CompiledPolicy:
             fields,
             len(conditions),
             {name: select(value, fields[name]) for name, value in statics.items() if name in fields},
+            merge_request_args([condition.names.request_args for condition in conditions]),
+            frozenset().union(*(condition.names.mentions for condition in conditions)),
         )
 
     def _grant_rules(self, path: KeyPath, grant: Grant) -> list[CompiledRule]:
@@ -218,7 +222,7 @@ def _selects(rule: Rule, agent: str, tool: str, tool_spec: ToolSpec | None) -> b
     return True
 
 
-def _tool_value(name: str, spec: ToolSpec | None) -> dict[str, Any]:
+def tool_value(name: str, spec: ToolSpec | None) -> dict[str, Any]:
     if spec is None:
         return {"name": name, "effects": [], "output": "untrusted", "data": []}
     return {
@@ -229,7 +233,7 @@ def _tool_value(name: str, spec: ToolSpec | None) -> dict[str, Any]:
     }
 
 
-def _agent_value(name: str, spec: AgentSpec | None) -> dict[str, Any]:
+def agent_value(name: str, spec: AgentSpec | None) -> dict[str, Any]:
     if spec is None:
         return {"name": name, "purpose": "", "owner": "", "data": []}
     return {"name": name, "purpose": spec.purpose, "owner": spec.owner, "data": list(spec.data or [])}

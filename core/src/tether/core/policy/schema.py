@@ -220,6 +220,20 @@ class Protections(_Strict):
     suspicious_tools: PinOutcome = "hide"
 
 
+class Scopes(_Strict):
+    """What a session's task scope concludes (see scopes.py)."""
+
+    #: a risky call outside the session's scope ('allow': record the finding only)
+    out_of_scope: Outcome = "ask"
+    #: a planner that fails (malformed output, widening, timeout): 'unscoped' runs the session
+    #: without a scope and records a finding on each risky call; 'deny' denies its risky calls
+    planner_failure: Literal["unscoped", "deny"] = "unscoped"
+    #: a scope set after untrusted content entered the session: 'refuse' it, or 'flag' it and
+    #: record that on each decision it makes
+    late: Literal["refuse", "flag"] = "refuse"
+    planner_timeout: Duration = 30.0  # a planner that takes longer has failed
+
+
 # -- behaviour over time: sequence rules and anomalies (compiled in sequences.py) ------------
 
 
@@ -372,6 +386,7 @@ class Policy(_Strict):
     agents: dict[Name, AgentSpec] = {}
     rules: list[Rule] = []
     protections: Protections = Protections()
+    scopes: Scopes = Scopes()  # task scopes: the risky tools a session's task may use
     classes: dict[DataClass, DataClassSpec] = {}  # custom data classes, detected like the built-in ones
     sequences: list[SequenceRule] = []  # patterns over a session's history
     anomalies: Anomalies | None = None  # departures from learned baselines (None: not checked)
