@@ -251,9 +251,7 @@ class Gateway:
             return _refusal(decision)
         try:
             with anyio.fail_after(self.timeout):
-                result = await link.client.call_tool(
-                    name, dict(decision.args), read_timeout_seconds=timedelta(seconds=self.timeout)
-                )
+                result = await _call_upstream(link.client, name, dict(decision.args), self.timeout)
         except (McpError, TimeoutError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             why = _upstream_error(link, exc, self.timeout)
             await session.aafter_tool(decision, error=why)
@@ -376,6 +374,18 @@ async def _alive(client: ClientSession) -> bool:
         return True
     except Exception:  # noqa: BLE001 - whatever the failure, the server is gone for this call
         return False
+
+
+async def _call_upstream(
+    client: ClientSession, name: str, args: dict[str, Any], timeout: float
+) -> types.CallToolResult:
+    """``tools/call`` sent as it is: the client at the other end validates the result against the
+    tool's output schema itself (``ClientSession.call_tool`` would too, costing a JSON Schema
+    check of the schema on every call)."""
+    request = types.ClientRequest(types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments=args)))
+    return await client.send_request(
+        request, types.CallToolResult, request_read_timeout_seconds=timedelta(seconds=timeout)
+    )
 
 
 # -- results -----------------------------------------------------------------------------------
