@@ -1,5 +1,6 @@
 """What the MCP gateway adds per tools/call: a no-op tool on a FastMCP server over stdio, called
-by the SDK's client directly and through ``tether mcp proxy``, alternating in one run.
+by the SDK's client directly and through ``tether mcp proxy``, alternating in one run; and
+Tether's own part of a call (decide, record the result) measured in process, for comparison.
 
     pip install -e "./core[mcp]" && python bench/mcp_proxy.py [--calls 300] [--rounds 5]
 
@@ -54,6 +55,31 @@ async def per_call_us(params: StdioServerParameters, calls: int) -> list[float]:
         return out
 
 
+def tether_alone_us(folder: Path, calls: int) -> list[float]:
+    """Tether's own part of a proxied call, in process: the decision and the result, each recorded
+    durably, through the async methods the gateway uses (each a hop to a worker thread)."""
+    from tether.core import Guard
+
+    guard = Guard(folder / "policy.yaml", store=f"sqlite:///{folder / 'alone.db'}")
+    session = guard.session("bench")
+    result = {"content": [{"type": "text", "text": "ok"}]}
+
+    async def run() -> list[float]:
+        out = []
+        for i in range(calls + 20):
+            start = time.perf_counter_ns()
+            decision = await session.abefore_tool("web/noop", {})
+            await session.aafter_tool(decision, result)
+            if i >= 20:  # the first ones warm up
+                out.append((time.perf_counter_ns() - start) / 1000)
+        return out
+
+    try:
+        return anyio.run(run)
+    finally:
+        guard.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=300)
@@ -67,10 +93,11 @@ def main() -> None:
     proxied = StdioServerParameters(
         command=sys.executable, args=[*proxy_args, "--", sys.executable, str(SERVER)], env=env
     )
-    results: dict[str, list[float]] = {"direct": [], "proxy": []}
-    for _ in range(options.rounds):  # alternate, so drift on a shared machine hits both alike
+    results: dict[str, list[float]] = {"direct": [], "proxy": [], "Tether alone": []}
+    for _ in range(options.rounds):  # alternate, so drift on a shared machine hits all alike
         results["direct"] += anyio.run(per_call_us, direct, options.calls)
         results["proxy"] += anyio.run(per_call_us, proxied, options.calls)
+        results["Tether alone"] += tether_alone_us(folder, options.calls)
     medians = {name: statistics.median(values) for name, values in results.items()}
     print(f"{options.rounds} rounds x {options.calls} calls of a no-op tool over stdio\n")
     print("| path | median µs/call | p99 µs/call |")
