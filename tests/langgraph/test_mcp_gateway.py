@@ -60,7 +60,7 @@ def test_a_langgraph_agent_through_the_proxy_is_governed(tmp_path: Path) -> None
     asyncio.run(asyncio.wait_for(run(), timeout=180))
     person.join(10)
 
-    assert [tool for tool, _ in mcp_server.ran(log)] == ["lookup_order", "read_ticket"]
+    assert [tool for tool, _ in mcp_server.ran(log)] == ["lookup_order", "read_ticket"]  # never the others
     replies = model.tool_replies()
     assert "order 42: shipped" in replies["c1"]
     assert "people delete" in replies["c2"]  # the agent read Tether's refusal
@@ -68,10 +68,7 @@ def test_a_langgraph_agent_through_the_proxy_is_governed(tmp_path: Path) -> None
     assert "denied by alice" in replies["c4"]
     events = list(store.events())
     decisions = [(e.tool, e.verdict) for e in events if e.kind == "tool.decision"]
-    assert decisions == [
-        ("helpdesk/lookup_order", "allow"),
-        ("helpdesk/delete_account", "deny"),
-        ("helpdesk/read_ticket", "allow"),
-        ("helpdesk/send_email", "ask"),
-    ]
+    parallel, later = decisions[:2], decisions[2:]  # the first turn's two calls run concurrently
+    assert sorted(parallel) == [("helpdesk/delete_account", "deny"), ("helpdesk/lookup_order", "allow")]
+    assert later == [("helpdesk/read_ticket", "allow"), ("helpdesk/send_email", "ask")]
     store.close()

@@ -23,6 +23,7 @@ from mcp import ClientSession, StdioServerParameters  # noqa: E402
 from mcp.client.stdio import stdio_client  # noqa: E402
 
 from tests.conformance import mcp_server  # noqa: E402
+from tests.core.conftest import pg_url as pg_url  # noqa: E402 - the PostgreSQL schema fixture
 from tests.mcp import server as web_server  # noqa: E402
 from tether.core import AuditStore  # noqa: E402
 

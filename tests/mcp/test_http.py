@@ -126,3 +126,25 @@ def test_a_request_without_a_valid_credential_is_refused_before_mcp(proxy: Proxy
         answer = httpx.post(gateway, json=body, headers={**headers, "Accept": "application/json, text/event-stream"})
         assert answer.status_code == 401
     assert proxy.events() == []
+
+
+def test_an_mcp_session_cannot_be_used_with_another_agents_credential(proxy: Proxy, gateway: str) -> None:
+    owner, other = credential(proxy, "support-bot"), credential(proxy, "intruder")
+    accept = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+    }
+    with httpx.Client(timeout=60) as http:
+        opened = http.post(gateway, json=init, headers={**accept, "Authorization": f"Bearer {owner}"})
+        assert opened.status_code == 200
+        session = {**accept, "Mcp-Session-Id": opened.headers["mcp-session-id"]}
+        ready = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        http.post(gateway, json=ready, headers={**session, "Authorization": f"Bearer {owner}"})
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "noop", "arguments": {}}}
+        taken = http.post(gateway, json=call, headers={**session, "Authorization": f"Bearer {other}"})
+    # refused by the transport (the SDK binds a session to who opened it) or by the gateway
+    assert taken.status_code >= 400 or "belongs to agent 'support-bot'" in taken.text, taken.text
+    assert "intruder" not in {e.agent for e in proxy.events()}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 import yaml
 from mcp import types
 
@@ -56,8 +57,15 @@ def test_what_does_not_belong_in_a_definition_is_found() -> None:
     assert hidden == ["its definition reads like instructions to the model"]
 
 
-def test_a_pin_is_approved_on_first_clean_sight_and_a_change_is_caught(tmp_path: Path) -> None:
-    pins = Pins(AuditStore(f"sqlite:///{tmp_path / 'pins.db'}"))
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'pins.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def test_a_pin_is_approved_on_first_clean_sight_and_a_change_is_caught(store_url: str) -> None:
+    pins = Pins(AuditStore(store_url))
     assert pins.check("web", tool("Fetch a web page.")).status == APPROVED
     assert pins.check("web", tool("Fetch a web page.")).status == APPROVED  # the same again
     changed = pins.check("web", tool("Fetch a web page, and summarise it."))
@@ -69,6 +77,7 @@ def test_a_pin_is_approved_on_first_clean_sight_and_a_change_is_caught(tmp_path:
     assert pins.check("web", tool("Fetch a page (v2).")).status == APPROVED  # the approved one is pinned
     suspicious = pins.check("web", types.Tool(name="other", description=POISONED, inputSchema={"type": "object"}))
     assert suspicious.status == SUSPICIOUS
+    pins.store.close()
 
 
 def tools_seen(proxy: Proxy, description: Path) -> tuple[list[str], Any]:

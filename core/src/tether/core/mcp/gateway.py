@@ -30,8 +30,8 @@ from mcp import ClientSession, McpError, types
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.server.lowlevel import Server
 
-from ..approvals import ApprovalAnswer, ApprovalRequest, Unanswered
-from ..approvals.queue import Entry, QueueApprover
+from ..approvals import FOR_SESSION, ApprovalAnswer, ApprovalRequest, Unanswered
+from ..approvals.queue import PENDING, Entry, QueueApprover, now_us
 from ..cautions import Caution
 from ..decision import Decision
 from ..guard import Guard, Session
@@ -251,9 +251,7 @@ class Gateway:
             return _refusal(decision)
         try:
             with anyio.fail_after(self.timeout):
-                result = await link.client.call_tool(
-                    name, dict(decision.args), read_timeout_seconds=timedelta(seconds=self.timeout)
-                )
+                result = await _call_upstream(link.client, name, dict(decision.args), self.timeout)
         except (McpError, TimeoutError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             why = _upstream_error(link, exc, self.timeout)
             await session.aafter_tool(decision, error=why)
@@ -346,27 +344,21 @@ class _StoppableApprover:
         entry: Entry | None = submitted
         if new:
             self.approver._announce(submitted)
-        while entry is not None and entry.status == "pending" and not entry.expired:
+        while entry is not None and entry.status == PENDING and not entry.expired:
             if self.stop.event.is_set():
                 if self.queue.expire(entry.id):
                     raise Unanswered(self.stop.why)
                 break  # answered in the last instant: honour it
-            until = min(entry.expires_us, _now_us() + int(self.poll * 1_000_000))
+            until = min(entry.expires_us, now_us() + int(self.poll * 1_000_000))
             entry = self.queue.wait(entry.id, until, self.poll) or self.queue.get(entry.id)
-        if entry is not None and entry.status == "pending":
+        if entry is not None and entry.status == PENDING:
             self.queue.expire(entry.id)
             entry = self.queue.get(entry.id)
         if entry is None or entry.answer is None:
             return None
-        if entry.scope != "session" and not self.queue.consume(entry.id):
+        if entry.scope != FOR_SESSION and not self.queue.consume(entry.id):
             raise Unanswered(f"the answer to request {entry.id} was already used; an approval runs one call once")
         return entry.answer
-
-
-def _now_us() -> int:
-    import time
-
-    return time.time_ns() // 1000
 
 
 async def _alive(client: ClientSession) -> bool:
@@ -376,6 +368,18 @@ async def _alive(client: ClientSession) -> bool:
         return True
     except Exception:  # noqa: BLE001 - whatever the failure, the server is gone for this call
         return False
+
+
+async def _call_upstream(
+    client: ClientSession, name: str, args: dict[str, Any], timeout: float
+) -> types.CallToolResult:
+    """``tools/call`` sent as it is: the client at the other end validates the result against the
+    tool's output schema itself (``ClientSession.call_tool`` would too, costing a JSON Schema
+    check of the schema on every call)."""
+    request = types.ClientRequest(types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments=args)))
+    return await client.send_request(
+        request, types.CallToolResult, request_read_timeout_seconds=timedelta(seconds=timeout)
+    )
 
 
 # -- results -----------------------------------------------------------------------------------

@@ -80,35 +80,38 @@ class Pins:
         return {tool.name: self.check(server, tool, names) for tool in tools}
 
     def check(self, server: str, tool: Any, others: Sequence[str] = ()) -> PinState:
+        try:
+            with self.store.engine.begin() as connection:
+                return self._check(connection, server, tool, others)
+        except sa.exc.IntegrityError:  # another gateway pinned it first: compare with its pin
+            with self.store.engine.begin() as connection:
+                return self._check(connection, server, tool, others)
+
+    def _check(self, connection: sa.Connection, server: str, tool: Any, others: Sequence[str]) -> PinState:
         defined = definition(tool)
         digest = _digest(defined)
+        row = self._row(connection, server, tool.name)
+        if row is not None and row.seen_digest == digest:
+            return _state(row)
+        findings = scan(defined, others, self.classifier)
         shown = preview(to_plain(defined, "tool"), self.store.key, self.classifier).value
-        assert isinstance(shown, dict)
-        with self.store.engine.begin() as connection:
-            row = self._row(connection, server, tool.name)
-            if row is not None and row.seen_digest == digest:
-                return _state(row)
-            findings = scan(defined, others, self.classifier)
-            now = _now_us()
-            values = {"seen_digest": digest, "definition": json.dumps(shown), "updated_us": now}
-            if row is None:
-                status = SUSPICIOUS if findings else APPROVED
-                values |= {"server": server, "tool": tool.name, "digest": digest, "status": status}
-                values |= {"findings": json.dumps(findings), "first_seen_us": now}
-                values |= {"approved_by": None if findings else "first sight", "approved_us": None}
-                try:
-                    connection.execute(table.insert().values(**values))
-                except sa.exc.IntegrityError:  # another gateway pinned it first: use its pin
-                    return self.check(server, tool, others)
-            elif row.digest == digest and row.status != SUSPICIOUS:  # changed back to what was approved
-                values |= {"status": APPROVED, "findings": "[]"}
-                connection.execute(self._where(table.update(), server, tool.name).values(**values))
-            else:
-                status = SUSPICIOUS if row.status == SUSPICIOUS else CHANGED
-                changed = [] if status == SUSPICIOUS else ["the definition differs from the pinned one"]
-                values |= {"status": status, "findings": json.dumps(changed + findings)}
-                connection.execute(self._where(table.update(), server, tool.name).values(**values))
-            return _state(self._row(connection, server, tool.name))
+        now = _now_us()
+        values = {"seen_digest": digest, "definition": json.dumps(shown), "updated_us": now}
+        if row is None:
+            status = SUSPICIOUS if findings else APPROVED
+            values |= {"server": server, "tool": tool.name, "digest": digest, "status": status}
+            values |= {"findings": json.dumps(findings), "first_seen_us": now}
+            values |= {"approved_by": None if findings else "first sight", "approved_us": None}
+            connection.execute(table.insert().values(**values))
+        elif row.digest == digest and row.status != SUSPICIOUS:  # changed back to what was approved
+            values |= {"status": APPROVED, "findings": "[]"}
+            connection.execute(self._where(table.update(), server, tool.name).values(**values))
+        else:
+            status = SUSPICIOUS if row.status == SUSPICIOUS else CHANGED
+            changed = [] if status == SUSPICIOUS else ["the definition differs from the pinned one"]
+            values |= {"status": status, "findings": json.dumps(changed + findings)}
+            connection.execute(self._where(table.update(), server, tool.name).values(**values))
+        return _state(self._row(connection, server, tool.name))
 
     def list(self, server: str | None = None) -> list[PinState]:
         query = sa.select(table).order_by(table.c.server, table.c.tool)
