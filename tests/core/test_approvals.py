@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tether.core import ApprovalError, ApprovalQueue, AuditStore, Guard, QueueApprover
+from tether.core import ApprovalError, ApprovalQueue, AuditStore, Guard, QueueApprover, StoreError
 from tether.core.approvals.queue import Entry
 
 from ..support import read_line, wait_until
@@ -481,3 +481,51 @@ def test_tether_serve_starts_and_requires_sign_in(store: AuditStore) -> None:
         timeout=60,
     )
     assert too_short.returncode == 1 and "at least 16 characters" in too_short.stderr
+
+
+def refuse_answer_events(store: AuditStore) -> None:
+    """Make the database refuse to record answers, as a full disk or a failing store would."""
+    with store.engine.begin() as connection:
+        if store.engine.dialect.name == "sqlite":
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse_answers BEFORE INSERT ON tether_audit_events "
+                "WHEN NEW.kind = 'approval.answer' BEGIN SELECT RAISE(ABORT, 'no space left'); END"
+            )
+        else:
+            connection.exec_driver_sql(
+                "CREATE FUNCTION refuse_answers() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN IF NEW.kind = 'approval.answer' THEN RAISE EXCEPTION 'no space left'; END IF; "
+                "RETURN NEW; END $$"
+            )
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse_answers BEFORE INSERT ON tether_audit_events "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_answers()"
+            )
+
+
+def allow_answer_events(store: AuditStore) -> None:
+    on_table = "" if store.engine.dialect.name == "sqlite" else " ON tether_audit_events"
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql(f"DROP TRIGGER refuse_answers{on_table}")
+
+
+def test_an_answer_is_taken_only_together_with_its_audit_event(store: AuditStore, queue: ApprovalQueue) -> None:
+    """A waiting agent acts on an answer as soon as it sees it, so the answer must never be
+    visible without the event recording who gave it."""
+    guard = Guard(approval_policy(), store=store, approver=QueueApprover(store))
+    session = guard.session("bot", "s-atomic")
+    waiter, outcome = in_background(session.resolve, session.before_tool("send_email", {"to": "a@acme.example"}))
+    entry = pending_one(queue)
+    refuse_answer_events(store)
+
+    with pytest.raises(StoreError, match="no space left"):
+        queue.answer(entry.id, approved=True, by="alice")
+
+    still = queue.get(entry.id)
+    assert still is not None and still.status == "pending"
+    allow_answer_events(store)
+    queue.answer(entry.id, approved=True, by="alice")
+    waiter.join(30)
+    assert outcome[0].allowed
+    answers = [e for e in store.session_events("s-atomic") if e.kind == "approval.answer"]
+    assert [json.loads(e.data)["approver"] for e in answers] == ["alice"]

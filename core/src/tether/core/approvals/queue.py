@@ -13,6 +13,7 @@ given meanwhile is honoured exactly once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import secrets
 import threading
@@ -25,7 +26,7 @@ import sqlalchemy as sa
 
 from ..audit.events import Kind, NewEvent
 from ..audit.schema import approvals as table
-from ..audit.store import AuditStore
+from ..audit.store import AuditStore, ConditionFailed
 from ..errors import TetherError
 from ..protect import is_protection
 from ..redact import mask, preview
@@ -83,6 +84,17 @@ class Entry:
 
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+def _execute(engine: sa.Engine, cursor: Any, statement: sa.ClauseElement) -> int:
+    """Run a SQLAlchemy statement on a raw DB-API cursor (the store's write transaction)."""
+    compiled: Any = statement.compile(dialect=engine.dialect)
+    params = compiled.params
+    if engine.dialect.positional:
+        cursor.execute(str(compiled), [params[name] for name in compiled.positiontup or ()])
+    else:
+        cursor.execute(str(compiled), params)
+    return int(cursor.rowcount)
 
 
 def _entry(row: Any) -> Entry:
@@ -224,22 +236,32 @@ class ApprovalQueue:
             "scope": scope if approved else None,
             "edited_args": canonical_json(to_plain(args, "args")) if args is not None else None,
         }
-        with self.store.engine.begin() as connection:
-            done = connection.execute(
-                table.update()
-                .where(table.c.id == entry_id, table.c.status == PENDING, table.c.expires_us > now)
-                .values(**values)
-            )
-            if done.rowcount != 1:
-                raise ApprovalError(self._why_not_pending(entry_id))
-            if self._postgres:
-                connection.execute(sa.select(sa.func.pg_notify(CHANNEL, entry_id)))
+        answered = dataclasses.replace(entry, **{**values, "edited_args": to_plain(args) if args is not None else None})
+        update = (
+            table.update()
+            .where(table.c.id == entry_id, table.c.status == PENDING, table.c.expires_us > now)
+            .values(**values)
+        )
+        notify = sa.select(sa.func.pg_notify(CHANNEL, entry_id)) if self._postgres else None
+
+        def record_answer(cursor: Any) -> bool:
+            """The status change and its audit event commit together (a waiter woken by one
+            finds the other); the notification is delivered at that commit."""
+            if _execute(self.store.engine, cursor, update) != 1:
+                return False
+            if notify is not None:
+                _execute(self.store.engine, cursor, notify)
+            return True
+
+        try:
+            self.store.append([self._answer_event(answered)], condition=record_answer)
+        except ConditionFailed:
+            raise ApprovalError(self._why_not_pending(entry_id)) from None
         with _answered:
             _answered.notify_all()
-        answered = self.get(entry_id)
-        assert answered is not None
-        self._audit_answer(answered)
-        return answered
+        stored = self.get(entry_id)
+        assert stored is not None
+        return stored
 
     def _check(
         self, entry: Entry, *, approved: bool, by: str, comment: str, args: Mapping[str, Any] | None, scope: str
@@ -270,8 +292,8 @@ class ApprovalQueue:
             return f"approval request {entry_id} expired; the call was denied"
         return f"approval request {entry_id} was already {entry.status} by {entry.answered_by}"
 
-    def _audit_answer(self, entry: Entry) -> None:
-        """Record who answered, in the session's chain, under the decision that asked."""
+    def _answer_event(self, entry: Entry) -> NewEvent:
+        """Who answered, for the session's chain, under the decision that asked."""
         key = self.store.key
         details: dict[str, Any] = {
             "approval_id": entry.id,
@@ -281,7 +303,7 @@ class ApprovalQueue:
             "scope": entry.scope,
             "edited_args": preview(to_plain(entry.edited_args), key).value if entry.edited_args else None,
         }
-        event = NewEvent(
+        return NewEvent(
             secrets.token_hex(16),
             entry.answered_us or now_us(),
             entry.session_id,
@@ -294,7 +316,6 @@ class ApprovalQueue:
             "allow" if entry.status == APPROVED else "deny",
             canonical_json(details),
         )
-        self.store.append([event])
 
     def expire(self, entry_id: str) -> bool:
         """Mark a pending request expired; False if it was answered first."""

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,13 +108,22 @@ def _revision(engine: Engine) -> str | None:
         return None
 
 
+Condition = Callable[[Any], bool]
+"""Runs on the write transaction's DB-API cursor; False drops its caller's events from the batch."""
+
+
+class ConditionFailed(StoreError):
+    """The condition given with :meth:`AuditStore.append` did not hold; nothing was written for it."""
+
+
 class _Ticket:
     """One caller's events in the queue, and the lock it sleeps on until they are written."""
 
-    __slots__ = ("error", "events", "lead", "wake")
+    __slots__ = ("condition", "error", "events", "lead", "wake")
 
-    def __init__(self, events: Sequence[NewEvent]) -> None:
+    def __init__(self, events: Sequence[NewEvent], condition: Condition | None = None) -> None:
         self.events = events
+        self.condition = condition
         self.lead = False  # this caller writes the next batch
         self.error: BaseException | None = None
         self.wake = threading.Lock()
@@ -133,8 +142,8 @@ class _GroupCommit:
         self._queue: list[_Ticket] = []
         self._leading = False
 
-    def submit(self, batch: Sequence[NewEvent]) -> None:
-        ticket = _Ticket(batch)
+    def submit(self, batch: Sequence[NewEvent], condition: Condition | None = None) -> None:
+        ticket = _Ticket(batch, condition)
         with self._lock:
             self._queue.append(ticket)
             if not self._leading:
@@ -143,6 +152,8 @@ class _GroupCommit:
             ticket.wake.acquire()
         if ticket.lead:
             self._lead()
+        if isinstance(ticket.error, ConditionFailed):
+            raise ticket.error
         if ticket.error is not None:
             raise StoreError(f"audit write failed: {ticket.error}") from ticket.error
 
@@ -150,16 +161,17 @@ class _GroupCommit:
         with self._lock:
             tickets, self._queue = self._queue, []
         error: BaseException | None = None
+        failed: set[int] = set()
         try:
-            self._write([event for t in tickets for event in t.events])
+            failed = self._write(tickets)
         except BaseException as exc:  # noqa: BLE001 - every waiter must learn its events were not written
             error = exc
         with self._lock:
             successor = self._queue[0] if self._queue else None
             if successor is None:
                 self._leading = False
-        for t in tickets:
-            t.error, t.lead = error, False
+        for i, t in enumerate(tickets):
+            t.error, t.lead = (ConditionFailed("the condition did not hold") if i in failed else error), False
             if t.wake.locked():
                 t.wake.release()
         if successor is not None:
@@ -216,11 +228,15 @@ class _Writer:
             self._heads.clear()
             self._log_prev = None
 
-    def write(self, batch: list[NewEvent]) -> None:
+    def write(self, tickets: Sequence[_Ticket]) -> set[int]:
+        """Write the tickets' events in one transaction; return the indexes of the tickets whose
+        condition did not hold (their events are left out)."""
         connection = self._connect()
         cursor = connection.cursor()
         try:
             self._begin(cursor)
+            failed = {i for i, t in enumerate(tickets) if t.condition is not None and not t.condition(cursor)}
+            batch = [e for i, t in enumerate(tickets) if i not in failed for e in t.events]
             if self._log_prev is None:
                 cursor.execute(self._log_head)
                 row = cursor.fetchone()
@@ -269,6 +285,7 @@ class _Writer:
                 connection.commit()
             self._log_prev = log_prev
             self.commits += 1
+            return failed
         except BaseException:
             self._abandon(connection)
             raise
@@ -412,9 +429,14 @@ class AuditStore:
                 f"this process has {expected['key_id']}); set TETHER_KEY to the key it was created with"
             )
 
-    def append(self, batch: Sequence[NewEvent]) -> None:
-        """Write ``batch``; return once it is committed. Raise :class:`StoreError` if it is not."""
-        self._commit.submit(batch)
+    def append(self, batch: Sequence[NewEvent], *, condition: Condition | None = None) -> None:
+        """Write ``batch``; return once it is committed. Raise :class:`StoreError` if it is not.
+
+        ``condition`` runs first inside the same transaction, holding the write lock, and may
+        change other tables: the change and the events recording it then commit together. If it
+        returns False it must have changed nothing (a conditional UPDATE that matched no row);
+        ``batch`` is left out and :class:`ConditionFailed` is raised."""
+        self._commit.submit(batch, condition)
         self.checkpoints.written(len(batch))
 
     def session_events(self, session_id: str) -> list[AuditEvent]:
