@@ -91,3 +91,41 @@ def test_any_output_is_recorded_and_handed_back(guard: Guard, output: Any, data:
         assert secret not in raw
     request = session.before_model([{"role": "tool", "content": output}])
     assert guard.store.session_events(session_id)[-1].event_id == request.event_id
+
+
+def nested(depth: int, shape: str) -> Any:
+    """A value ``depth`` lists or dicts deep, built without recursion."""
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = [value] if shape == "list" else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("shape", ["list", "dict"])
+@pytest.mark.parametrize("depth", [1000, 100_000])
+def test_arguments_and_outputs_nested_past_any_recursion_limit_are_decided_and_recorded(
+    guard: Guard, depth: int, shape: str
+) -> None:
+    session = guard.session("bot", f"deep-{shape}-{depth}")
+    decision = session.before_tool("search", {"q": nested(depth, shape)})
+    assert decision.verdict is Verdict.DENY
+    assert "nested more than" in decision.reason  # a clear reason, not a crash
+    value = nested(depth, shape)
+    allowed = session.before_tool("search", {"q": "x"})
+    assert session.after_tool(allowed, value) is value  # handed back as it came
+    kinds = [e.kind for e in guard.store.session_events(session.id)]
+    assert kinds == [Kind.SESSION, Kind.TOOL_DECISION, Kind.TOOL_DECISION, Kind.TOOL_RESULT]
+    result = guard.store.session_events(session.id)[-1]
+    assert result.details["output"].startswith("[[[" if shape == "list" else '{"k": {"k":')
+
+
+@pytest.mark.parametrize("shape", ["list", "dict"])
+def test_monitor_mode_lets_a_deeply_nested_call_through_and_records_it(tmp_path: Path, shape: str) -> None:
+    store = AuditStore(f"sqlite:///{tmp_path / 'audit.db'}", key=KEY)
+    with Guard(policy_with(rules=[]), store=store, mode="monitor") as guard:
+        session = guard.session("bot")
+        decision = session.before_tool("search", {"q": nested(1000, shape)})
+        assert decision.allowed
+        session.after_tool(decision, nested(1000, shape))
+        kinds = [e.kind for e in guard.store.session_events(session.id)]
+        assert kinds == [Kind.SESSION, Kind.TOOL_DECISION, Kind.TOOL_RESULT]
