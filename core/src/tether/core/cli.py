@@ -811,9 +811,13 @@ def mcp_pins_approve(tool: str, store: str | None, by: str) -> None:
     click.echo(f"approved {pin.server}/{pin.tool} (by {by})")
 
 
+# A person at a terminal can wait longer than a decision: reads of a busy store get 30 s.
+_CLI_STORE_TIMEOUT = 30.0
+
+
 def _open(url: str | None, *, create: bool = False) -> AuditStore:
     try:
-        return AuditStore(url, create=create)
+        return AuditStore(url, create=create, timeout=_CLI_STORE_TIMEOUT)
     except TetherError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -55,3 +55,10 @@ class ToolDenied(TetherError):
     def __init__(self, message: str, *, rule_ids: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.rule_ids = rule_ids
+
+
+def db_reason(exc: BaseException) -> str:
+    """What a database error said, on one line: the driver's own message when SQLAlchemy wraps
+    one (its wrapper adds the statement and a documentation link)."""
+    cause = getattr(exc, "orig", None) or exc
+    return " ".join(str(cause).split())

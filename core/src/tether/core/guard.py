@@ -16,7 +16,7 @@ from typing import Any
 from . import scopes
 from .approvals import ApprovalAnswer, ApprovalRequest, Approver, Unanswered
 from .audit.events import Kind, NewEvent
-from .audit.store import AuditStore
+from .audit.store import DEFAULT_TIMEOUT, AuditStore
 from .behaviour import Behaviour
 from .cautions import Caution, apply_cautions
 from .classify import Classifier
@@ -58,6 +58,8 @@ class Guard:
     ``policy`` is a YAML file path, a mapping, a :class:`Policy` or a compiled policy. ``store`` is
     a SQLAlchemy URL or an :class:`AuditStore` (default: ``TETHER_STORE``, else
     ``.tether/tether.db``). ``mode`` overrides the policy's enforce/monitor mode.
+    ``store_timeout``: the most seconds a decision waits on the store (a URL ``store`` only);
+    past it the call is denied.
     """
 
     def __init__(
@@ -67,10 +69,11 @@ class Guard:
         store: str | AuditStore | None = None,
         approver: Approver | None = None,
         mode: Mode | str | None = None,
+        store_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.policy = policy if isinstance(policy, CompiledPolicy) else load_policy(policy)
         self.mode = Mode(mode) if mode is not None else self.policy.mode
-        self.store = store if isinstance(store, AuditStore) else AuditStore(store)
+        self.store = store if isinstance(store, AuditStore) else AuditStore(store, timeout=store_timeout)
         self.approver = approver
         self.behaviour = Behaviour(self.policy, self.store)  # sequence rules and baselines
         self._states: OrderedDict[str, SessionState] = OrderedDict()
@@ -186,6 +189,8 @@ class Session:
         call = ToolCall(self.agent, self.id, tool, args if args is not None else {}, call_id, caused_by)
         try:
             return self._before_tool(call, cautions)
+        except StoreError as exc:  # the store is down: recording the failure would wait on it again
+            return self._unaudited(call, exc)
         except Exception as exc:
             log.exception("Tether failed while deciding on %s", tool)
             return self._record_failure(call, f"Tether failed while deciding: {type(exc).__name__}: {exc}")
@@ -235,7 +240,7 @@ class Session:
             try:
                 self._write(event)
             except StoreError as exc:
-                return self._unaudited(decision, exc)
+                return self._unaudited(decision.call, exc)
             self._state.observe(event, details)
             if decision.allowed:
                 self._state.record_call(self.agent, call.tool, now)
@@ -413,10 +418,10 @@ class Session:
             log.exception("Tether could not audit its own failure")
         return decision
 
-    def _unaudited(self, decision: Decision, exc: StoreError) -> Decision:
-        """The decision could not be recorded: deny, since an unaudited action must not run."""
-        log.error("Tether could not audit the decision on %s: %s", decision.call.tool, exc)
-        return self._failed(decision.call, f"audit store unavailable: {exc}")
+    def _unaudited(self, call: ToolCall, exc: StoreError) -> Decision:
+        """The store failed while deciding or recording: deny, since an unaudited action must not run."""
+        log.error("Tether could not audit the decision on %s: %s", call.tool, exc)
+        return self._failed(call, f"audit store unavailable: {exc}")
 
     def resolve(self, decision: Decision, *, approver: Approver | None = None) -> Decision:
         """Settle a decision that needs approval by asking ``approver`` (default: the guard's).
@@ -545,7 +550,7 @@ class Session:
             try:
                 self._write(event)
             except StoreError as exc:
-                return self._unaudited(final, exc)
+                return self._unaudited(final.call, exc)
             self._state.observe(event, details)
             if final.allowed:
                 self._state.record_call(self.agent, call.tool, now)

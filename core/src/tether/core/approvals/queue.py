@@ -369,7 +369,8 @@ class ApprovalQueue:
         try:
             driver: Any = raw.driver_connection
             driver.autocommit = True
-            driver.execute(f"LISTEN {CHANNEL}")
+            with self.store.watchdog.bounded(raw):
+                driver.execute(f"LISTEN {CHANNEL}")
 
             def listen(t: float) -> None:
                 for _ in driver.notifies(timeout=t, stop_after=1):

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 
-from ..errors import StoreError
+from ..errors import StoreError, db_reason
 from ..keys import key_id, mac_key
 from .chain import GENESIS
 from .schema import checkpoints as table
@@ -225,16 +225,16 @@ def sinks_for(store: AuditStore, targets: Sequence[str] | None) -> list[Sink]:
                 return []
             return [FileSink(database + ".checkpoint")]
         return [TableSink(store.engine, f"the tether_checkpoints table of {store.location}")]
-    return [_sink(target) for target in targets]
+    return [_sink(target, store) for target in targets]
 
 
-def _sink(target: str) -> Sink:
+def _sink(target: str, store: AuditStore) -> Sink:
     if target.startswith(("http://", "https://")):
         return WebhookSink(target)
     if "://" in target:
         from .store import _engine, upgrade
 
-        engine = _engine(target)
+        engine = _engine(target, store.timeout, store.watchdog)  # bounded like the store itself
         upgrade(engine)
         return TableSink(engine, sa.engine.make_url(target).render_as_string(hide_password=True))
     return FileSink(target)
@@ -357,7 +357,7 @@ def head_of(store: AuditStore, signer: Signer | None = None) -> Checkpoint:
         with store.engine.connect() as connection:
             row = connection.execute(query).first()
     except sa.exc.SQLAlchemyError as exc:
-        raise StoreError(f"cannot read the head of {store.location}: {exc}") from exc
+        raise StoreError(f"cannot read the head of {store.location}: {db_reason(exc)}") from exc
     last_id, head, event_id = (row[0], row[1], row[2]) if row else (0, GENESIS, "")
     checkpoint = Checkpoint(store.location, key_id(store.key), time.time_ns() // 1000, last_id, head, event_id)
     return checkpoint.signed(store.key, signer)

@@ -9,6 +9,7 @@ are committed. Reads (CLI, verify, export) use SQLAlchemy Core.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sqlite3
 import threading
@@ -23,15 +24,17 @@ from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
 
-from ..errors import StoreError
+from ..errors import StoreError, db_reason
 from ..keys import key_id, load_key
 from .chain import GENESIS, HASH_FORMAT, event_hash
 from .checkpoints import Checkpoints, sinks_for
+from .deadline import Watchdog, socket_of
 from .events import AuditEvent, Kind, NewEvent
 from .schema import SCHEMA_REVISION, VERSION_TABLE, events, meta, sensitive_values
 
 STORE_ENV = "TETHER_STORE"
 DEFAULT_PATH = Path(".tether") / "tether.db"
+DEFAULT_TIMEOUT = 2.0  # seconds a decision may wait on the store before it is denied
 _PG_LOCK = 0x7E7E_0001  # advisory lock serialising writers of the log chain across processes
 _COLUMNS = (
     "event_id",
@@ -57,27 +60,87 @@ def default_store_url() -> str:
     return os.environ.get(STORE_ENV) or f"sqlite:///{DEFAULT_PATH.resolve()}"
 
 
-def _engine(url: str) -> Engine:
+def _engine(url: str, timeout: float, watchdog: Watchdog) -> Engine:
+    """An engine whose every wait is bounded by ``timeout`` seconds: connecting, waiting for a
+    pooled connection or a lock, and each statement (see :mod:`tether.core.audit.deadline`)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
+        return _postgres_engine(url, timeout, watchdog)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout})
 
     @sa.event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")  # readers (the CLI) never block the writer
         cursor.execute("PRAGMA synchronous=NORMAL")  # durable once committed, as long as the OS is up
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")  # a held lock: wait this long, then fail
         cursor.close()
 
     return engine
 
 
+def _postgres_engine(url: str, timeout: float, watchdog: Watchdog) -> Engine:
+    parsed = make_url(url)
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = max(2, math.ceil(timeout))  # libpq's minimum is 2 s
+    engine = sa.create_engine(url, pool_timeout=timeout, connect_args=connect_args)
+    milliseconds = int(timeout * 1000)
+
+    @sa.event.listens_for(engine, "connect")
+    def _server_timeouts(dbapi_connection: Any, _record: Any) -> None:
+        # The server gives up too, so a client cut off by the watchdog leaves no lock held for long.
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET lock_timeout = {milliseconds}")
+            cursor.execute(f"SET idle_in_transaction_session_timeout = {max(milliseconds * 5, 10_000)}")
+        dbapi_connection.commit()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        # Instead of pool_pre_ping, whose ping would wait forever on a silent network.
+        try:
+            with watchdog.bounded(dbapi_connection), dbapi_connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            dbapi_connection.rollback()
+        except Exception as exc:
+            raise sa.exc.DisconnectionError(str(exc)) from exc
+
+    # Each statement, commit and rollback is watched until it returns (or the connection goes
+    # back to the pool); rows streamed after a statement (``yield_per``) are not.
+    def watch(conn: Any) -> None:
+        unwatch(conn.info)
+        bound = conn.get_execution_options().get("tether_timeout", timeout)
+        fileno = socket_of(conn.connection.dbapi_connection) if bound is not None else None
+        if fileno is not None:
+            conn.info["tether_watch"] = (watchdog.arm(fileno, bound), bound)
+
+    def unwatch(info: dict[str, Any]) -> float | None:
+        """Stop watching; the bound that was missed, if the watchdog cut the statement off."""
+        token, bound = info.pop("tether_watch", (None, None))
+        return bound if token is not None and watchdog.disarm(token) else None
+
+    sa.event.listen(engine, "before_cursor_execute", lambda conn, *_: watch(conn))
+    sa.event.listen(engine, "commit", watch)
+    sa.event.listen(engine, "rollback", watch)
+    sa.event.listen(engine, "after_cursor_execute", lambda conn, *_: unwatch(conn.info))
+    sa.event.listen(engine, "checkin", lambda _dbapi, record: unwatch(record.info))
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _timed_out(context: Any) -> None:
+        missed = unwatch(context.connection.info) if context.connection is not None else None
+        if missed is not None:
+            context.is_disconnect = True  # its socket is shut: drop this connection, keep the pool
+            context.invalidate_pool_on_disconnect = False
+            raise StoreError(watchdog.late_message(missed))
+
+    return engine
+
+
 def upgrade(engine: Engine) -> None:
-    """Bring the store's tables to the current schema (a no-op once there)."""
+    """Bring the store's tables to the current schema (a no-op once there). Migrations may take
+    long on a large store: they run without the per-statement bound."""
     if _revision(engine) == SCHEMA_REVISION:
         return
     from alembic import command
@@ -88,6 +151,7 @@ def upgrade(engine: Engine) -> None:
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     try:
         with engine.begin() as connection:
+            connection = connection.execution_options(tether_timeout=None)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except CommandError as exc:  # a revision this version does not know: written by a newer Tether
@@ -101,11 +165,11 @@ def upgrade(engine: Engine) -> None:
 
 
 def _revision(engine: Engine) -> str | None:
-    try:
-        with engine.connect() as connection:
+    with engine.connect() as connection:  # a store that cannot be reached fails here, once
+        try:
             return connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
-    except sa.exc.SQLAlchemyError:
-        return None
+        except sa.exc.DBAPIError:  # no version table yet: a new store
+            return None
 
 
 Condition = Callable[[Any], bool]
@@ -190,9 +254,10 @@ class _Writer:
 
     _MAX_CACHED_SESSIONS = 10_000
 
-    def __init__(self, engine: Engine, key: bytes) -> None:
+    def __init__(self, engine: Engine, key: bytes, watchdog: Watchdog) -> None:
         self._engine = engine
         self._key = key
+        self.watchdog = watchdog
         self._sqlite = engine.dialect.name == "sqlite"
         mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         table = events.name
@@ -232,6 +297,12 @@ class _Writer:
         """Write the tickets' events in one transaction; return the indexes of the tickets whose
         condition did not hold (their events are left out)."""
         connection = self._connect()
+        if self._sqlite:  # a held lock is bounded by busy_timeout; there is no network to stall
+            return self._write(connection, tickets)
+        with self.watchdog.bounded(connection):
+            return self._write(connection, tickets)
+
+    def _write(self, connection: Any, tickets: Sequence[_Ticket]) -> set[int]:
         cursor = connection.cursor()
         try:
             self._begin(cursor)
@@ -361,23 +432,30 @@ class AuditStore:
         key: bytes | None = None,
         create: bool = True,
         checkpoints: Sequence[str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         """Open (and with ``create``, make) the store at ``url``. ``checkpoints``: where to keep
-        checkpoints of the log's head (see :mod:`tether.core.audit.checkpoints`)."""
+        checkpoints of the log's head (see :mod:`tether.core.audit.checkpoints`). ``timeout``: the
+        most seconds any one wait on the store may take (connecting, a lock, a statement, a
+        write); past it the operation fails with :class:`StoreError`, and a decision is denied."""
+        if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+            raise StoreError(f"the audit store's timeout must be a positive number of seconds, not {timeout!r}")
         self.url = url or default_store_url()
+        self.timeout = float(timeout)
+        self.watchdog = Watchdog(self.timeout)
         if not create and self._missing():
             raise StoreError(
                 f"no audit store at {self.location}: run an agent under Tether (or `tether demo`) "
                 "first, or point --store / TETHER_STORE at the store"
             )
         try:
-            self.engine = _engine(self.url)
+            self.engine = _engine(self.url, self.timeout, self.watchdog)
             upgrade(self.engine)
             self.key = key if key is not None else load_key(self._key_file(), create=create)
             self._check_meta()
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"cannot open the audit store {self.location}: {exc}") from exc
-        self._writer = _Writer(self.engine, self.key)
+            raise StoreError(f"cannot open the audit store {self.location}: {db_reason(exc)}") from exc
+        self._writer = _Writer(self.engine, self.key, self.watchdog)
         self._commit = _GroupCommit(self._writer.write)
         self.checkpoints = Checkpoints(self, sinks_for(self, checkpoints))
         self._checkpointer: _Checkpointer | None = None
@@ -440,8 +518,9 @@ class AuditStore:
         self.checkpoints.written(len(batch))
 
     def session_events(self, session_id: str) -> list[AuditEvent]:
+        """A session's events in order, read in one bounded statement (a decision may wait on it)."""
         query = sa.select(events).where(events.c.session_id == session_id).order_by(events.c.seq)
-        return list(self._read(query))
+        return list(self._read(query, stream=False))
 
     def events(
         self,
@@ -504,20 +583,23 @@ class AuditStore:
                 found = {fp: (sid, ten) for fp, sid, ten in connection.execute(query)}
                 connection.execute(insert(table).on_conflict_do_nothing(), rows)
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"cannot record sensitive values in {self.location}: {exc}") from exc
+            raise StoreError(f"cannot record sensitive values in {self.location}: {db_reason(exc)}") from exc
         return found
 
     def read(self, query: Any) -> Iterator[AuditEvent]:
         """The events a SQLAlchemy select over the events table returns, streamed in its order."""
         return self._read(query)
 
-    def _read(self, query: Any) -> Iterator[AuditEvent]:
+    def _read(self, query: Any, *, stream: bool = True) -> Iterator[AuditEvent]:
+        """``stream``: fetch rows as they are consumed (for large reads; only the query itself is
+        bounded by the store's timeout), else all in the one bounded statement."""
         try:
             with self.engine.connect() as connection:
-                for row in connection.execution_options(yield_per=1000).execute(query):
+                options = {"yield_per": 1000} if stream else {}
+                for row in connection.execution_options(**options).execute(query):
                     yield AuditEvent(**row._mapping)
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"cannot read the audit store {self.location}: {exc}") from exc
+            raise StoreError(f"cannot read the audit store {self.location}: {db_reason(exc)}") from exc
 
     def close(self) -> None:
         self.checkpoints.close()
@@ -525,3 +607,4 @@ class AuditStore:
             self._checkpointer.stop()
         self._writer.close()
         self.engine.dispose()
+        self.watchdog.stop()
