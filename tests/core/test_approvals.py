@@ -229,12 +229,20 @@ def test_approve_for_the_session_covers_later_calls_of_that_tool_only(store: Aud
 def test_a_twin_call_waiting_on_an_answer_already_used_says_so(store: AuditStore, queue: ApprovalQueue) -> None:
     """Two agents make the same call in one session; one answer runs it once, and the other is
     told exactly that (not that nobody answered in time)."""
-    guard = Guard(approval_policy("600s"), store=store, approver=QueueApprover(store))
+    waiting: list[str] = []
+
+    class CountingApprover(QueueApprover):
+        def _wait(self, entry: Any) -> Any:
+            waiting.append(entry.id)
+            return super()._wait(entry)
+
+    guard = Guard(approval_policy("600s"), store=store, approver=CountingApprover(store))
     first, second = guard.session("bot", "twin"), guard.session("bot", "twin")
     one = in_background(first.resolve, first.before_tool("send_email", {"to": "a@acme.example"}))
     entry = pending_one(queue)
     two = in_background(second.resolve, second.before_tool("send_email", {"to": "a@acme.example"}))
-    wait_until(lambda: len(store.session_events("twin")) == 3, 30, "both decisions")  # both wait on one request
+    wait_until(lambda: len(waiting) == 2, 30, "both calls waiting")
+    assert waiting == [entry.id, entry.id]  # both wait on one request
     queue.answer(entry.id, approved=True, by="olga")
     for thread, _ in (one, two):
         thread.join(30)

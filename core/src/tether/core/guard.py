@@ -16,7 +16,7 @@ from typing import Any
 from . import scopes
 from .approvals import ApprovalAnswer, ApprovalRequest, Approver, Unanswered
 from .audit.events import Kind, NewEvent
-from .audit.store import DEFAULT_TIMEOUT, AuditStore
+from .audit.store import DEFAULT_TIMEOUT, AuditStore, ConditionFailed
 from .behaviour import Behaviour
 from .cautions import Caution, apply_cautions
 from .classify import Classifier
@@ -196,6 +196,14 @@ class Session:
             return self._record_failure(call, f"Tether failed while deciding: {type(exc).__name__}: {exc}")
 
     def _before_tool(self, call: ToolCall, cautions: Sequence[Caution] = ()) -> Decision:
+        for _ in range(_TRIES):
+            try:
+                return self._decide(call, cautions)
+            except SessionMoved:  # another process acted in the session meanwhile: decide again on that
+                continue
+        raise _too_busy(self.id)
+
+    def _decide(self, call: ToolCall, cautions: Sequence[Caution]) -> Decision:
         now = time.time()
         plain, ruling = self._readable(call.args)
         key, classifier = self.guard.store.key, self.guard.policy.classifier
@@ -238,7 +246,9 @@ class Session:
                 details=details,
             )
             try:
-                self._write(event)
+                self._write(event, decided=True)
+            except SessionMoved:
+                raise
             except StoreError as exc:
                 return self._unaudited(decision.call, exc)
             self._state.observe(event, details)
@@ -775,12 +785,18 @@ class Session:
         """Rebuild the session from the audit the first time this process touches it."""
         if not self._loaded:
             if self._state.events == 0:
-                self._state.replay(self.guard.store.session_events(self.id))
-                if self._state.scope_event is not None and self._state.scope is None:
-                    recorded = self._state.scope_event
-                    if recorded.get("error") is None:
-                        self._state.scope = scopes.rebuild(recorded, self.guard.policy, self.agent)
+                self._catch_up()
             self._loaded = True
+
+    def _catch_up(self) -> None:
+        """Take in the session's events this process has not seen: all of them for a session it
+        has not touched yet, or what other processes sharing the store wrote since."""
+        state = self._state
+        scope_event = state.scope_event
+        state.replay(self.guard.store.session_events(self.id, after_seq=state.seq))
+        recorded = state.scope_event
+        if recorded is not None and recorded is not scope_event and recorded.get("error") is None:
+            state.scope = scopes.rebuild(recorded, self.guard.policy, self.agent)
 
     def _event(
         self,
@@ -809,17 +825,48 @@ class Session:
             canonical_json(details),
         )
 
-    def _write(self, event: NewEvent) -> None:
-        batch = [event]
-        if self._state.events == 0:
-            guard = self.guard
-            details = {"mode": guard.mode.value, "policy": guard.policy.digest}
-            if self.parent:
-                details["parent_session"] = self.parent
-            start = self._event(Kind.SESSION, event.ts_us / 1e6, details=details)
-            batch.insert(0, start)
-        self.guard.store.append(batch)
-        self._state.events += len(batch)
+    def _write(self, event: NewEvent, *, decided: bool = False) -> None:
+        """Append ``event`` to the session, on top of the newest event this process knows of.
+        If another process wrote to the session since, this process catches up with what it
+        wrote; then a decision (``decided``) raises :class:`SessionMoved` to be made again on
+        what is now known (so limits and taint hold exactly across processes), and any other
+        event (a fact, whatever the state) is written again."""
+        for _ in range(_TRIES):
+            batch = [event]
+            if self._state.events == 0:
+                batch.insert(0, self._start_event(event.ts_us / 1e6))
+            try:
+                seqs = self.guard.store.append(batch, expect=(self.id, self._state.seq))
+            except ConditionFailed:
+                self._catch_up()
+                if decided:
+                    raise SessionMoved(self.id) from None
+                continue
+            self._state.events += len(batch)
+            self._state.seq = max((s for s in seqs if s is not None), default=self._state.seq)
+            return
+        raise _too_busy(self.id)
+
+    def _start_event(self, now: float) -> NewEvent:
+        guard = self.guard
+        details = {"mode": guard.mode.value, "policy": guard.policy.digest}
+        if self.parent:
+            details["parent_session"] = self.parent
+        return self._event(Kind.SESSION, now, details=details)
+
+
+_TRIES = 20  # writes racing other processes on one session, before the call is denied
+
+
+class SessionMoved(StoreError):
+    """Another process wrote to the session after this one decided: decide again."""
+
+
+def _too_busy(session_id: str) -> StoreError:
+    return StoreError(
+        f"session {session_id} changed under {_TRIES} decisions in a row: other processes are "
+        "writing to it faster than this one can decide"
+    )
 
 
 def _plain_or_text(value: Any, name: str) -> Plain:

@@ -32,6 +32,7 @@ class SessionState:
         self.id = session_id
         self.lock = threading.RLock()
         self.events = 0  # events written so far (0: the session is new)
+        self.seq = -1  # the seq of the newest event this process knows of (-1: none)
         self.outputs = 0  # tool outputs the session has read
         self.tainted_by: list[str] = []  # untrusted tools whose output entered the session
         self._untrusted: list[tuple[str, str]] = []  # (tool, audit event) for each such output
@@ -108,6 +109,7 @@ class SessionState:
 
         for event in events:
             self.events += 1
+            self.seq = max(self.seq, event.seq)
             call = counted_call(event)
             if call is not None:
                 self.record_call(call[0], call[1], event.ts_us / 1e6)

@@ -176,6 +176,10 @@ Condition = Callable[[Any], bool]
 """Runs on the write transaction's DB-API cursor; False drops its caller's events from the batch."""
 
 
+Expect = tuple[str, int]
+"""(session id, seq): write only if that is still the session's newest event (-1: no events yet)."""
+
+
 class ConditionFailed(StoreError):
     """The condition given with :meth:`AuditStore.append` did not hold; nothing was written for it."""
 
@@ -183,11 +187,15 @@ class ConditionFailed(StoreError):
 class _Ticket:
     """One caller's events in the queue, and the lock it sleeps on until they are written."""
 
-    __slots__ = ("condition", "error", "events", "lead", "wake")
+    __slots__ = ("condition", "error", "events", "expect", "lead", "seqs", "wake")
 
-    def __init__(self, events: Sequence[NewEvent], condition: Condition | None = None) -> None:
+    def __init__(
+        self, events: Sequence[NewEvent], condition: Condition | None = None, expect: Expect | None = None
+    ) -> None:
         self.events = events
         self.condition = condition
+        self.expect = expect
+        self.seqs: list[int | None] = []  # each event's seq once written (None: a repeated session start)
         self.lead = False  # this caller writes the next batch
         self.error: BaseException | None = None
         self.wake = threading.Lock()
@@ -206,8 +214,10 @@ class _GroupCommit:
         self._queue: list[_Ticket] = []
         self._leading = False
 
-    def submit(self, batch: Sequence[NewEvent], condition: Condition | None = None) -> None:
-        ticket = _Ticket(batch, condition)
+    def submit(
+        self, batch: Sequence[NewEvent], condition: Condition | None = None, expect: Expect | None = None
+    ) -> list[int | None]:
+        ticket = _Ticket(batch, condition, expect)
         with self._lock:
             self._queue.append(ticket)
             if not self._leading:
@@ -220,6 +230,7 @@ class _GroupCommit:
             raise ticket.error
         if ticket.error is not None:
             raise StoreError(f"audit write failed: {ticket.error}") from ticket.error
+        return ticket.seqs
 
     def _lead(self) -> None:
         with self._lock:
@@ -306,46 +317,32 @@ class _Writer:
         cursor = connection.cursor()
         try:
             self._begin(cursor)
-            failed = {i for i, t in enumerate(tickets) if t.condition is not None and not t.condition(cursor)}
-            batch = [e for i, t in enumerate(tickets) if i not in failed for e in t.events]
             if self._log_prev is None:
                 cursor.execute(self._log_head)
                 row = cursor.fetchone()
                 self._log_prev = row[0] if row else GENESIS
             log_prev = self._log_prev
-            heads = self._heads
+            failed: set[int] = set()
             rows = []
-            for e in batch:
-                if e.session_id not in heads:
-                    cursor.execute(self._session_head, (e.session_id,))
-                    found = cursor.fetchone()
-                    heads[e.session_id] = (found[0], found[1]) if found else (-1, GENESIS)
-                seq, prev_hash = heads[e.session_id]
-                if e.kind == Kind.SESSION and seq >= 0:
-                    continue  # another process started this session first
-                seq += 1
-                digest = event_hash(self._key, e, seq, prev_hash, log_prev)
-                rows.append(
-                    (
-                        e.event_id,
-                        e.ts_us,
-                        e.session_id,
-                        seq,
-                        e.kind,
-                        e.agent,
-                        e.user_id,
-                        e.tenant,
-                        e.tool,
-                        e.parent_id,
-                        e.verdict,
-                        e.data,
-                        prev_hash,
-                        log_prev,
-                        digest,
-                    )
-                )
-                heads[e.session_id] = (seq, digest)
-                log_prev = digest
+            for i, ticket in enumerate(tickets):
+                # The session check comes first: a failed ticket must have changed nothing.
+                if not self._expected(cursor, ticket.expect) or (
+                    ticket.condition is not None and not ticket.condition(cursor)
+                ):
+                    failed.add(i)
+                    continue
+                ticket.seqs = []
+                for e in ticket.events:
+                    seq, prev_hash = self._head(cursor, e.session_id)
+                    if e.kind == Kind.SESSION and seq >= 0:
+                        ticket.seqs.append(None)
+                        continue  # another process started this session first
+                    seq += 1
+                    digest = event_hash(self._key, e, seq, prev_hash, log_prev)
+                    rows.append(_row(e, seq, prev_hash, log_prev, digest))
+                    self._heads[e.session_id] = (seq, digest)
+                    ticket.seqs.append(seq)
+                    log_prev = digest
             if len(rows) == 1:  # the common case; executemany costs more for one row
                 cursor.execute(self._insert, rows[0])
             elif rows:
@@ -363,6 +360,17 @@ class _Writer:
         finally:
             with contextlib.suppress(Exception):  # the connection may already be gone
                 cursor.close()
+
+    def _head(self, cursor: Any, session_id: str) -> tuple[int, str]:
+        """The session's newest (seq, hash) as this transaction sees it: (-1, GENESIS) if none."""
+        if session_id not in self._heads:
+            cursor.execute(self._session_head, (session_id,))
+            found = cursor.fetchone()
+            self._heads[session_id] = (found[0], found[1]) if found else (-1, GENESIS)
+        return self._heads[session_id]
+
+    def _expected(self, cursor: Any, expect: Expect | None) -> bool:
+        return expect is None or self._head(cursor, expect[0])[0] == expect[1]
 
     def _abandon(self, connection: Any) -> None:
         """Roll back; drop the connection so the next write starts on a fresh one."""
@@ -382,6 +390,26 @@ class _Writer:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def _row(e: NewEvent, seq: int, prev_hash: str, log_prev: str, digest: str) -> tuple[Any, ...]:
+    return (
+        e.event_id,
+        e.ts_us,
+        e.session_id,
+        seq,
+        e.kind,
+        e.agent,
+        e.user_id,
+        e.tenant,
+        e.tool,
+        e.parent_id,
+        e.verdict,
+        e.data,
+        prev_hash,
+        log_prev,
+        digest,
+    )
 
 
 class _Checkpointer(threading.Thread):
@@ -507,19 +535,29 @@ class AuditStore:
                 f"this process has {expected['key_id']}); set TETHER_KEY to the key it was created with"
             )
 
-    def append(self, batch: Sequence[NewEvent], *, condition: Condition | None = None) -> None:
-        """Write ``batch``; return once it is committed. Raise :class:`StoreError` if it is not.
+    def append(
+        self, batch: Sequence[NewEvent], *, condition: Condition | None = None, expect: Expect | None = None
+    ) -> list[int | None]:
+        """Write ``batch``; return once it is committed, with the seq each event got in its
+        session (None for a session start another writer had already written). Raise
+        :class:`StoreError` if it is not committed.
 
         ``condition`` runs first inside the same transaction, holding the write lock, and may
         change other tables: the change and the events recording it then commit together. If it
         returns False it must have changed nothing (a conditional UPDATE that matched no row);
-        ``batch`` is left out and :class:`ConditionFailed` is raised."""
-        self._commit.submit(batch, condition)
+        ``batch`` is left out and :class:`ConditionFailed` is raised. ``expect`` (session id,
+        seq) likewise leaves the batch out unless that seq is still the session's newest: a
+        writer that decided on what it knew of a session learns that another wrote there since."""
+        seqs = self._commit.submit(batch, condition, expect)
         self.checkpoints.written(len(batch))
+        return seqs
 
-    def session_events(self, session_id: str) -> list[AuditEvent]:
-        """A session's events in order, read in one bounded statement (a decision may wait on it)."""
-        query = sa.select(events).where(events.c.session_id == session_id).order_by(events.c.seq)
+    def session_events(self, session_id: str, after_seq: int = -1) -> list[AuditEvent]:
+        """A session's events after ``after_seq``, in order, read in one bounded statement (a
+        decision may wait on it)."""
+        query = (
+            sa.select(events).where(events.c.session_id == session_id, events.c.seq > after_seq).order_by(events.c.seq)
+        )
         return list(self._read(query, stream=False))
 
     def events(
