@@ -38,11 +38,11 @@ TAINT_DENIES = policy_with(
 # Each child makes its calls in the shared session and prints how many were allowed.
 CALLER = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys, time
     from tether.core import AuditStore, Guard
     from tests.core.conftest import KEY
-    import os, time
-    url, policy, session_id, calls, go = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+    url, policy, session_id, calls, go = sys.argv[1], json.loads(sys.argv[2]), *sys.argv[3:]
+    calls = int(calls)
     guard = Guard(policy, store=AuditStore(url, key=KEY, timeout=30))
     session = guard.session("bot", session_id)
     assert not session.before_tool("delete_file", {}).allowed  # not granted: loads the session, counts nothing
