@@ -17,6 +17,9 @@ import sqlalchemy as sa
 
 from tether.core import AuditStore, Guard
 from tether.core.audit import verify
+from tether.core.audit.events import Kind
+from tether.core.audit.render import summary
+from tether.core.decision import Enforcement
 from tether.core.errors import StoreError
 
 from ..core.conftest import BASE_POLICY, KEY
@@ -180,3 +183,37 @@ def test_a_sqlite_store_locked_by_another_writer_denies_within_the_bound(sqlite_
 def test_the_store_timeout_must_be_a_positive_number(sqlite_url: str, timeout: object) -> None:
     with pytest.raises(StoreError, match="timeout must be a positive number"):
         AuditStore(sqlite_url, key=KEY, timeout=timeout)  # type: ignore[arg-type]
+
+
+def test_monitor_mode_never_breaks_the_agent_when_the_store_fails_and_records_the_gap(sqlite_url: str) -> None:
+    guard = Guard(BASE_POLICY, store=AuditStore(sqlite_url, key=KEY), mode="monitor")
+    session = guard.session("bot", "watched")
+    session.after_tool(session.before_tool("search", {"q": "before"}), "fine")
+
+    database = sa.engine.make_url(sqlite_url).database or ""
+    with contextlib.closing(sqlite3.connect(database)) as db:  # the store now refuses every event
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON tether_audit_events BEGIN SELECT RAISE(ABORT, 'disk gone'); END"
+        )
+    other = guard.session("bot", "another")  # a session this process has not written to yet
+    for s in (session, other):
+        decision = s.before_tool("delete_file", {"path": "/tmp/x"})  # not granted: monitored, not enforced
+        assert decision.allowed and decision.enforcement is Enforcement.MONITORED
+        assert s.after_tool(decision, "deleted") == "deleted"
+        request = s.before_model([{"role": "user", "content": "hello"}])
+        s.after_model("hi", parent=request.event_id)
+        s.trusted_input("the user's request")
+
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        db.execute("DROP TRIGGER refuse")
+    session.before_tool("search", {"q": "after"})
+    guard.close()
+
+    store = AuditStore(sqlite_url, key=KEY)
+    gaps = [e for e in store.events() if e.kind == Kind.GAP]
+    assert len(gaps) == 1
+    assert gaps[0].details["missed"] == 10  # five events in each of the two sessions
+    assert "disk gone" in gaps[0].details["error"]
+    assert "AUDIT GAP: 10 event(s)" in summary(gaps[0])
+    assert verify(store.key, store.events()).ok
+    store.close()

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -16,6 +17,7 @@ from typing import Any
 from . import scopes
 from .approvals import ApprovalAnswer, ApprovalRequest, Approver, Unanswered
 from .audit.events import Kind, NewEvent
+from .audit.gaps import Gaps
 from .audit.store import DEFAULT_TIMEOUT, AuditStore, ConditionFailed
 from .behaviour import Behaviour
 from .cautions import Caution, apply_cautions
@@ -76,6 +78,7 @@ class Guard:
         self.store = store if isinstance(store, AuditStore) else AuditStore(store, timeout=store_timeout)
         self.approver = approver
         self.behaviour = Behaviour(self.policy, self.store)  # sequence rules and baselines
+        self.gaps = Gaps()  # monitor mode: what the store failed to record, until it is back
         self._states: OrderedDict[str, SessionState] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -680,7 +683,13 @@ class Session:
         by_tenant = protections.isolation == "tenant" and bool(tenant)
 
         def others(sensitive: dict[str, str]) -> dict[str, tuple[str, str]]:
-            return self.guard.store.seen_elsewhere(sensitive, self.id, tenant, by_tenant=by_tenant)
+            try:
+                return self.guard.store.seen_elsewhere(sensitive, self.id, tenant, by_tenant=by_tenant)
+            except StoreError as exc:
+                if self.guard.mode is not Mode.MONITOR:
+                    raise
+                log.error("cannot check other sessions' values (%s): monitor mode goes on", exc)
+                return {}
 
         check_others = None if protections.cross_session == "allow" else others
         texts = strings(plain, keys=True)
@@ -793,7 +802,14 @@ class Session:
         has not touched yet, or what other processes sharing the store wrote since."""
         state = self._state
         scope_event = state.scope_event
-        state.replay(self.guard.store.session_events(self.id, after_seq=state.seq))
+        try:
+            missed = self.guard.store.session_events(self.id, after_seq=state.seq)
+        except StoreError as exc:
+            if self.guard.mode is not Mode.MONITOR:
+                raise
+            log.error("session %s: cannot read its events (%s): monitor mode goes on with what it knows", self.id, exc)
+            return
+        state.replay(missed)
         recorded = state.scope_event
         if recorded is not None and recorded is not scope_event and recorded.get("error") is None:
             state.scope = scopes.rebuild(recorded, self.guard.policy, self.agent)
@@ -835,17 +851,39 @@ class Session:
             batch = [event]
             if self._state.events == 0:
                 batch.insert(0, self._start_event(event.ts_us / 1e6))
+            gap = self.guard.gaps.take()
+            if gap is not None:
+                batch.insert(-1, self._event(Kind.GAP, event.ts_us / 1e6, details=gap.details()))
             try:
                 seqs = self.guard.store.append(batch, expect=(self.id, self._state.seq))
             except ConditionFailed:
+                if gap is not None:
+                    self.guard.gaps.restore(gap)
+                self._back_off()
                 self._catch_up()
                 if decided:
                     raise SessionMoved(self.id) from None
                 continue
+            except StoreError as exc:
+                if gap is not None:
+                    self.guard.gaps.restore(gap)
+                if self.guard.mode is not Mode.MONITOR:
+                    raise
+                self.guard.gaps.missed(event.ts_us, str(exc))  # monitor mode never breaks the agent
+                return
+            if gap is not None:
+                Gaps.recorded(gap)
+            self._state.conflicts = 0
             self._state.events += len(batch)
             self._state.seq = max((s for s in seqs if s is not None), default=self._state.seq)
             return
         raise _too_busy(self.id)
+
+    def _back_off(self) -> None:
+        """Wait a little, longer after each write lost to another process in a row, so that
+        processes racing on one session take turns instead of all retrying at once."""
+        self._state.conflicts += 1
+        time.sleep(random.uniform(0, min(0.05, 0.002 * self._state.conflicts)))
 
     def _start_event(self, now: float) -> NewEvent:
         guard = self.guard

@@ -33,6 +33,7 @@ class SessionState:
         self.lock = threading.RLock()
         self.events = 0  # events written so far (0: the session is new)
         self.seq = -1  # the seq of the newest event this process knows of (-1: none)
+        self.conflicts = 0  # writes lost in a row to other processes writing to the session
         self.outputs = 0  # tool outputs the session has read
         self.tainted_by: list[str] = []  # untrusted tools whose output entered the session
         self._untrusted: list[tuple[str, str]] = []  # (tool, audit event) for each such output

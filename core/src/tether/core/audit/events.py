@@ -21,6 +21,7 @@ class Kind:
     TOOL_RESULT = "tool.result"
     INPUT = "input"  # trusted input: the user's request, the system prompt
     SCOPE = "scope"  # the task scope a session's risky calls are held to (or why it has none)
+    GAP = "audit.gap"  # monitor mode: events that could not be recorded while the store was down
 
 
 @dataclass(frozen=True)
