@@ -304,3 +304,18 @@ def test_the_demo_tells_how_to_explore_the_store_it_used(workdir: Path) -> None:
     assert "site-packages" not in explore and "tether agents --policy" in explore
     policy = explore.split("--policy ", 1)[1].split()[0]
     assert (workdir / policy).exists()  # a copy the user can read and edit, where they are
+
+
+def test_counts_of_one_are_singular(workdir: Path) -> None:
+    import yaml
+
+    (workdir / "p.yaml").write_text(yaml.safe_dump(BASE_POLICY))
+    guard = Guard(BASE_POLICY)
+    guard.session("bot", "s1").before_tool("search", {"q": "x"})
+    guard.close()
+    code, out, _ = run("report")
+    assert code == 0 and "1 session, 1 decision" in out and "bot: 1 decision on 1 tool" in out, out
+    code, out, _ = run("replay", "--policy", "p.yaml")
+    assert code == 0 and out.startswith("replayed 1 decision (2 events, 1 session):"), out
+    code, out, _ = run("audit", "verify")
+    assert code == 0 and "2 events in 1 session: ok" in out, out

@@ -31,6 +31,7 @@ from .policy import load_policy, read_policy
 from .policy.schema import parse_duration
 from .redact import user_ref
 from .values import canonical_json
+from .wording import count as _count
 
 _USER = click.option("--user", help="Only events of sessions run for this user (the audit stores users fingerprinted).")
 _STORE = click.option(
@@ -336,10 +337,6 @@ def _baseline_line(b: Baseline) -> str:
 def _baseline_json(b: Baseline) -> dict[str, Any]:
     out = {name: getattr(b, name) for name in b.__dataclass_fields__ if name not in ("addresses", "domains")}
     return {**out, "destinations": len(b.addresses), "destination_domains": len(b.domains)}
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 @main.group()

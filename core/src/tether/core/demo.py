@@ -22,6 +22,7 @@ from .audit.render import session_lines
 from .guard import Guard
 from .policy import read_policy
 from .policy.schema import Approvals
+from .wording import count
 
 POLICY = Path(__file__).with_name("demo_policy.yaml")
 
@@ -80,7 +81,7 @@ def run_demo(store: str | None, *, timeout: float | None = None, interactive: bo
         say(f"  {line}")
     report = verify(audit_store.key, audit_store.events())
     status = "intact" if report.ok else f"FAILED: {report.problems[0].message}"
-    say(f"\ntether audit verify: {report.events} events, hash chains {status}")
+    say(f"\ntether audit verify: {count(report.events, 'event')}, hash chains {status}")
     guard.close()
     where = f" --store {make_url(store).render_as_string(hide_password=True)}" if store else ""
     say(
