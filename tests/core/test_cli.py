@@ -319,3 +319,48 @@ def test_counts_of_one_are_singular(workdir: Path) -> None:
     assert code == 0 and out.startswith("replayed 1 decision (2 events, 1 session):"), out
     code, out, _ = run("audit", "verify")
     assert code == 0 and "2 events in 1 session: ok" in out, out
+
+
+def _readme_commands() -> list[str]:
+    """Every `tether ...` command the README shows, inline or in its command listing."""
+    import re
+
+    text = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    shown = re.findall(r"`(tether(?: [^`]*)?)`", text)
+    shown += [re.split(r"\s{2,}", line.strip())[0] for line in text.splitlines() if line.startswith("    tether ")]
+    commands = []
+    for snippet in shown:
+        first, *others = snippet.split(" | ")  # "tether approvals list | show ID": alternatives
+        commands.append(first)
+        path = _resolve(first)[0]
+        commands += [" ".join(["tether", *path[:-1], other]) for other in others]
+    return commands
+
+
+def _resolve(command: str) -> tuple[list[str], Any, list[str]]:
+    """The subcommand names in a command line, the command they name, and the words after them."""
+    import click
+
+    tokens = command.replace("[", " ").replace("]", " ").split()[1:]
+    path: list[str] = []
+    node: click.Command = main
+    while tokens and isinstance(node, click.Group) and tokens[0] in node.commands:
+        path.append(tokens.pop(0))
+        node = node.commands[path[-1]]
+    return path, node, tokens
+
+
+def test_every_command_the_readme_shows_exists_as_written() -> None:
+    import click
+
+    commands = _readme_commands()
+    for command in commands:
+        _, node, tokens = _resolve(command)
+        assert not tokens or not isinstance(node, click.Group) or tokens[0].startswith("-"), command
+        known = {opt for p in node.params for opt in [*p.opts, *p.secondary_opts]} | {"--help", "-h"}
+        options = [t for t in (tokens[: tokens.index("--")] if "--" in tokens else tokens) if t.startswith("-")]
+        assert all(opt in known for opt in options), (command, options, sorted(known))
+        required = {p.opts[-1] for p in node.params if isinstance(p, click.Option) and p.required}
+        if options not in (["--version"], ["--help"]):
+            assert required <= set(options), (command, required)
+    assert len(commands) > 30 and "tether approvals deny ID" in commands
