@@ -299,10 +299,15 @@ def test_the_demo_tells_how_to_explore_the_store_it_used(workdir: Path) -> None:
         cwd=workdir,
     )
     assert result.returncode == 0, result.stderr
-    explore = next(line for line in result.stdout.splitlines() if line.startswith("Explore:"))
-    assert f"tether audit verify --store {url}" in explore
-    assert "site-packages" not in explore and "tether agents --policy" in explore
-    policy = explore.split("--policy ", 1)[1].split()[0]
+    lines = result.stdout.splitlines()
+    commands = [line.strip() for line in lines[next(i for i, s in enumerate(lines) if s.startswith("Explore")) + 1 :]]
+    assert len(commands) == 3 and all(c.startswith("tether ") and "|" not in c for c in commands), commands
+    assert f"tether audit verify --store {url}" in commands
+    assert not any("site-packages" in c for c in commands)
+    for command in commands:  # each runs as pasted, against the store the demo wrote
+        code, out, err = run(*command.split()[1:])
+        assert code == 0, (command, out, err)
+    policy = commands[1].split("--policy ", 1)[1].split()[0]
     assert (workdir / policy).exists()  # a copy the user can read and edit, where they are
 
 
