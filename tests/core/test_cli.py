@@ -369,3 +369,28 @@ def test_every_command_the_readme_shows_exists_as_written() -> None:
         if options not in (["--version"], ["--help"]):
             assert required <= set(options), (command, required)
     assert len(commands) > 30 and "tether approvals deny ID" in commands
+
+
+def test_tail_follow_keeps_its_columns_as_new_events_arrive(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    import tether.core.cli as cli
+
+    guard = Guard(BASE_POLICY)
+    guard.session("bot", "s1").before_tool("search", {"q": "x"})
+    naps = []
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        if len(naps) == 1:  # a session with a longer id and agent name arrives
+            guard.session("intruder", "a-much-longer-session-id").before_tool("search", {})
+        else:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "time", SimpleNamespace(sleep=sleep))
+    _, out, _ = run("audit", "tail", "-f")
+    guard.close()
+    lines = out.splitlines()
+    assert len(lines) == 4 and "a-much-longer-session-id" in lines[-1], out
+    starts = {line.index(word) for line in lines for word in ("session started", "ALLOW", "DENY") if word in line}
+    assert len(starts) == 1, out

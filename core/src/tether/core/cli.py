@@ -402,7 +402,7 @@ def tail(store: str | None, lines: int, follow: bool, user: str | None) -> None:
     last_id = 0
     batch = list(audit_store.events(last=lines, user=ref))
     while True:
-        for line in tail_lines(batch):
+        for line in tail_lines(batch, fixed=follow):  # later batches line up with earlier ones
             click.echo(line)
         last_id = batch[-1].id if batch else last_id
         if not follow:

@@ -63,11 +63,20 @@ def tail_line(event: AuditEvent) -> str:
     return tail_lines([event])[0]
 
 
-def tail_lines(events: Sequence[AuditEvent]) -> list[str]:
-    """Recent events, one a line, their columns lined up (long session ids and agent names cut)."""
-    where = [f"{_cut(e.session_id, 40)} #{e.seq}" for e in events]
-    agents = [_cut(e.agent or "-", 24) for e in events]
-    w1, w2 = max(map(len, where), default=0), max(map(len, agents), default=0)
+_SESSION_WIDTH, _SEQ_WIDTH, _AGENT_WIDTH = 40, 4, 24
+
+
+def tail_lines(events: Sequence[AuditEvent], *, fixed: bool = False) -> list[str]:
+    """Recent events, one a line, their columns lined up (long session ids and agent names cut).
+
+    The columns are as wide as their longest value, or, ``fixed``, as wide as any value may be,
+    so that lines printed later (``tail -f``) line up with those printed before."""
+    where = [f"{_cut(e.session_id, _SESSION_WIDTH)} #{e.seq}" for e in events]
+    agents = [_cut(e.agent or "-", _AGENT_WIDTH) for e in events]
+    if fixed:
+        w1, w2 = _SESSION_WIDTH + 2 + _SEQ_WIDTH, _AGENT_WIDTH
+    else:
+        w1, w2 = max(map(len, where), default=0), max(map(len, agents), default=0)
     return [
         _clip(f"{when(e)}  {place:<{w1}}  {agent:<{w2}}  {summary(e)}")
         for e, place, agent in zip(events, where, agents, strict=True)
