@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -394,3 +395,23 @@ def test_tail_follow_keeps_its_columns_as_new_events_arrive(workdir: Path, monke
     assert len(lines) == 4 and "a-much-longer-session-id" in lines[-1], out
     starts = {line.index(word) for line in lines for word in ("session started", "ALLOW", "DENY") if word in line}
     assert len(starts) == 1, out
+
+
+def test_refusals_and_approvals_show_name_each_rule_once(workdir: Path) -> None:
+    rule = "agents.bot.tools.send_email"
+    guard = Guard(BASE_POLICY)
+    denied = guard.session("bot", "s0").before_tool("send_email", {"to": "x@evil.example"})
+    guard.close()
+    assert denied.reason.startswith(f"the condition of {rule} does not hold") and rule in denied.rule_ids
+    assert denied.refusal().count(rule) == 1, denied.refusal()
+
+    store = AuditStore()
+    session = Guard(policy_with(default="ask", approvals={"timeout": "60s"}), store=store).session("bot", "s1")
+    decision = session.before_tool("send_email", {"to": "x@evil.example"})  # not granted: asked
+    assert decision.needs_approval and decision.reason.startswith(f"the condition of {rule}")
+    request = dataclasses.replace(session_request(session, decision), rule_ids=decision.rule_ids)
+    entry, _ = ApprovalQueue(store).submit(request)
+    store.close()
+    code, out, _ = run("approvals", "show", entry.id)
+    why = next(line for line in out.splitlines() if line.startswith("why"))
+    assert code == 0 and why.count(rule) == 1, why

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from ..audit.events import AuditEvent
 from ..audit.render import session_lines, summary
+from ..wording import unnamed
 from .queue import Entry, now_us
 
 
@@ -21,6 +22,11 @@ def _status(entry: Entry) -> str:
     if entry.status == "pending":
         return f"pending, denied in {max(0, entry.expires_us - now_us()) // 1_000_000}s"
     return f"{entry.status} by {entry.answered_by}" + (" for the session" if entry.scope == "session" else "")
+
+
+def _why(reason: str, rule_ids: Sequence[str]) -> str:
+    others = unnamed(rule_ids, reason)  # each rule named once
+    return f"{reason}  [{', '.join(others)}]" if others else reason
 
 
 def approval_line(entry: Entry) -> str:
@@ -52,7 +58,7 @@ def approval_details(entry: Entry, session_events: Sequence[AuditEvent]) -> list
         + (f"   tenant {entry.tenant}" if entry.tenant else ""),
         f"tool      {entry.tool}",
         f"arguments {json.dumps(request.get('args'), ensure_ascii=False)}",
-        f"why       {request.get('reason')}  [{', '.join(request.get('rule_ids', []))}]",
+        f"why       {_why(str(request.get('reason', '')), request.get('rule_ids', []))}",
         f"asked     {_when(entry.created_us)}, denied unless answered by {_when(entry.expires_us)}",
         f"approvers {', '.join(entry.approvers) if entry.approvers is not None else 'anyone'}"
         + ("; may be approved for the rest of the session" if entry.for_session else ""),

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..wording import unnamed
 from .events import AuditEvent, Kind
 
 _WIDTH = 110
@@ -30,8 +31,8 @@ def summary(event: AuditEvent) -> str:
         if d.get("enforcement") == "monitored":
             verdict += " (monitor: not enforced)"
         reason = str(d.get("reason", ""))
-        unnamed = [rule for rule in d.get("rule_ids", []) if rule not in reason]  # each rule named once
-        rules = f" [{', '.join(unnamed)}]" if unnamed else ""
+        others = unnamed(d.get("rule_ids", []), reason)  # each rule named once
+        rules = f" [{', '.join(others)}]" if others else ""
         return f"{verdict:<5} {event.tool}({_compact(d.get('args', {}), 60)})  {reason}{rules}"
     if event.kind == Kind.APPROVAL:
         verb = "APPROVED" if event.verdict == "allow" else "DENIED"
