@@ -417,3 +417,15 @@ def test_refusals_and_approvals_show_name_each_rule_once(workdir: Path) -> None:
     code, out, _ = run("approvals", "show", entry.id)
     why = next(line for line in out.splitlines() if line.startswith("why"))
     assert code == 0 and why.count(rule) == 1, why
+
+
+def test_approvals_list_cuts_a_long_tool_name_visibly(workdir: Path) -> None:
+    store = AuditStore()
+    session = Guard(policy_with(approvals={"timeout": "60s"}), store=store).session("bot", "s1")
+    decision = session.before_tool("refund", {"amount": 100})
+    tool = "billing-service-with-a-long-name/" + "refund_" * 12
+    ApprovalQueue(store).submit(dataclasses.replace(session_request(session, decision), tool=tool))
+    store.close()
+    code, out, _ = run("approvals", "list")
+    line = out.splitlines()[0]
+    assert code == 0 and "bot -> billing-service" in line and "…" in line and tool not in line, line

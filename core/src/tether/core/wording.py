@@ -15,3 +15,8 @@ def unnamed(rule_ids: Iterable[str], text: str) -> list[str]:
     """The rules of ``rule_ids`` that ``text`` does not already name (as a whole id, not a prefix
     of a longer one), to name after it without saying any rule twice."""
     return [rule for rule in rule_ids if not re.search(rf"(?<![\w.-]){re.escape(rule)}(?![\w-]|\.[\w-])", text)]
+
+
+def cut(text: str, width: int) -> str:
+    """``text``, cut to ``width`` characters, ending in "…" where it was cut."""
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from ..audit.events import AuditEvent
 from ..audit.render import session_lines, summary
-from ..wording import unnamed
+from ..wording import cut, unnamed
 from .queue import Entry, now_us
 
 
@@ -31,20 +31,18 @@ def _why(reason: str, rule_ids: Sequence[str]) -> str:
 
 def approval_line(entry: Entry) -> str:
     reason = str(entry.request.get("reason", ""))
-    reason = reason if len(reason) <= 80 else reason[:79] + "…"
-    return f"{entry.id}  {entry.agent} -> {entry.tool}  [{_status(entry)}]  {reason}"
+    return f"{entry.id}  {entry.agent} -> {entry.tool}  [{_status(entry)}]  {cut(reason, 80)}"
 
 
 def approval_lines(entries: Sequence[Entry]) -> list[str]:
     """Requests one a line, the columns lined up."""
-    who = [f"{e.agent} -> {e.tool}" for e in entries]
+    who = [cut(f"{e.agent} -> {e.tool}", 60) for e in entries]
     status = [f"[{_status(e)}]" for e in entries]
     w1, w2 = max(map(len, who), default=0), max(map(len, status), default=0)
     lines = []
     for entry, call, state in zip(entries, who, status, strict=True):
         reason = str(entry.request.get("reason", ""))
-        reason = reason if len(reason) <= 80 else reason[:79] + "…"
-        lines.append(f"{entry.id}  {call:<{w1}}  {state:<{w2}}  {reason}")
+        lines.append(f"{entry.id}  {call:<{w1}}  {state:<{w2}}  {cut(reason, 80)}")
     return lines
 
 

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..wording import unnamed
+from ..wording import cut, unnamed
 from .events import AuditEvent, Kind
 
 _WIDTH = 110
@@ -72,8 +72,8 @@ def tail_lines(events: Sequence[AuditEvent], *, fixed: bool = False) -> list[str
 
     The columns are as wide as their longest value, or, ``fixed``, as wide as any value may be,
     so that lines printed later (``tail -f``) line up with those printed before."""
-    where = [f"{_cut(e.session_id, _SESSION_WIDTH)} #{e.seq}" for e in events]
-    agents = [_cut(e.agent or "-", _AGENT_WIDTH) for e in events]
+    where = [f"{cut(e.session_id, _SESSION_WIDTH)} #{e.seq}" for e in events]
+    agents = [cut(e.agent or "-", _AGENT_WIDTH) for e in events]
     if fixed:
         w1, w2 = _SESSION_WIDTH + 2 + _SEQ_WIDTH, _AGENT_WIDTH
     else:
@@ -82,10 +82,6 @@ def tail_lines(events: Sequence[AuditEvent], *, fixed: bool = False) -> list[str
         _clip(f"{when(e)}  {place:<{w1}}  {agent:<{w2}}  {summary(e)}")
         for e, place, agent in zip(events, where, agents, strict=True)
     ]
-
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def session_lines(events: Iterable[AuditEvent]) -> list[str]:
