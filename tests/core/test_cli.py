@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -249,8 +250,10 @@ def test_check_reports_every_problem_in_one_run(workdir: Path) -> None:
 
 
 def test_version(workdir: Path) -> None:
+    from importlib.metadata import version
+
     code, out, _ = run("--version")
-    assert code == 0 and out.startswith("tether, version ")
+    assert code == 0 and out == f"tether, version {version('tether')}\n"
 
 
 def test_tail_lines_up_its_columns_and_names_each_rule_once(workdir: Path) -> None:
@@ -299,8 +302,130 @@ def test_the_demo_tells_how_to_explore_the_store_it_used(workdir: Path) -> None:
         cwd=workdir,
     )
     assert result.returncode == 0, result.stderr
-    explore = next(line for line in result.stdout.splitlines() if line.startswith("Explore:"))
-    assert f"tether audit verify --store {url}" in explore
-    assert "site-packages" not in explore and "tether agents --policy" in explore
-    policy = explore.split("--policy ", 1)[1].split()[0]
+    lines = result.stdout.splitlines()
+    commands = [line.strip() for line in lines[next(i for i, s in enumerate(lines) if s.startswith("Explore")) + 1 :]]
+    assert len(commands) == 3 and all(c.startswith("tether ") and "|" not in c for c in commands), commands
+    assert f"tether audit verify --store {url}" in commands
+    assert not any("site-packages" in c for c in commands)
+    for command in commands:  # each runs as pasted, against the store the demo wrote
+        code, out, err = run(*command.split()[1:])
+        assert code == 0, (command, out, err)
+    policy = commands[1].split("--policy ", 1)[1].split()[0]
     assert (workdir / policy).exists()  # a copy the user can read and edit, where they are
+
+
+def test_counts_of_one_are_singular(workdir: Path) -> None:
+    import yaml
+
+    (workdir / "p.yaml").write_text(yaml.safe_dump(BASE_POLICY))
+    guard = Guard(BASE_POLICY)
+    guard.session("bot", "s1").before_tool("search", {"q": "x"})
+    guard.close()
+    code, out, _ = run("report")
+    assert code == 0 and "1 session, 1 decision" in out and "bot: 1 decision on 1 tool" in out, out
+    code, out, _ = run("replay", "--policy", "p.yaml")
+    assert code == 0 and out.startswith("replayed 1 decision (2 events, 1 session):"), out
+    code, out, _ = run("audit", "verify")
+    assert code == 0 and "2 events in 1 session: ok" in out, out
+
+
+def _readme_commands() -> list[str]:
+    """Every `tether ...` command the README shows, inline or in its command listing."""
+    import re
+
+    text = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    shown = re.findall(r"`(tether(?: [^`]*)?)`", text)
+    shown += [re.split(r"\s{2,}", line.strip())[0] for line in text.splitlines() if line.startswith("    tether ")]
+    commands = []
+    for snippet in shown:
+        first, *others = snippet.split(" | ")  # "tether approvals list | show ID": alternatives
+        commands.append(first)
+        path = _resolve(first)[0]
+        commands += [" ".join(["tether", *path[:-1], other]) for other in others]
+    return commands
+
+
+def _resolve(command: str) -> tuple[list[str], Any, list[str]]:
+    """The subcommand names in a command line, the command they name, and the words after them."""
+    import click
+
+    tokens = command.replace("[", " ").replace("]", " ").split()[1:]
+    path: list[str] = []
+    node: click.Command = main
+    while tokens and isinstance(node, click.Group) and tokens[0] in node.commands:
+        path.append(tokens.pop(0))
+        node = node.commands[path[-1]]
+    return path, node, tokens
+
+
+def test_every_command_the_readme_shows_exists_as_written() -> None:
+    import click
+
+    commands = _readme_commands()
+    for command in commands:
+        _, node, tokens = _resolve(command)
+        assert not tokens or not isinstance(node, click.Group) or tokens[0].startswith("-"), command
+        known = {opt for p in node.params for opt in [*p.opts, *p.secondary_opts]} | {"--help", "-h"}
+        options = [t for t in (tokens[: tokens.index("--")] if "--" in tokens else tokens) if t.startswith("-")]
+        assert all(opt in known for opt in options), (command, options, sorted(known))
+        required = {p.opts[-1] for p in node.params if isinstance(p, click.Option) and p.required}
+        if options not in (["--version"], ["--help"]):
+            assert required <= set(options), (command, required)
+    assert len(commands) > 30 and "tether approvals deny ID" in commands
+
+
+def test_tail_follow_keeps_its_columns_as_new_events_arrive(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    import tether.core.cli as cli
+
+    guard = Guard(BASE_POLICY)
+    guard.session("bot", "s1").before_tool("search", {"q": "x"})
+    naps = []
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        if len(naps) == 1:  # a session with a longer id and agent name arrives
+            guard.session("intruder", "a-much-longer-session-id").before_tool("search", {})
+        else:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "time", SimpleNamespace(sleep=sleep))
+    _, out, _ = run("audit", "tail", "-f")
+    guard.close()
+    lines = out.splitlines()
+    assert len(lines) == 4 and "a-much-longer-session-id" in lines[-1], out
+    starts = {line.index(word) for line in lines for word in ("session started", "ALLOW", "DENY") if word in line}
+    assert len(starts) == 1, out
+
+
+def test_refusals_and_approvals_show_name_each_rule_once(workdir: Path) -> None:
+    rule = "agents.bot.tools.send_email"
+    guard = Guard(BASE_POLICY)
+    denied = guard.session("bot", "s0").before_tool("send_email", {"to": "x@evil.example"})
+    guard.close()
+    assert denied.reason.startswith(f"the condition of {rule} does not hold") and rule in denied.rule_ids
+    assert denied.refusal().count(rule) == 1, denied.refusal()
+
+    store = AuditStore()
+    session = Guard(policy_with(default="ask", approvals={"timeout": "60s"}), store=store).session("bot", "s1")
+    decision = session.before_tool("send_email", {"to": "x@evil.example"})  # not granted: asked
+    assert decision.needs_approval and decision.reason.startswith(f"the condition of {rule}")
+    request = dataclasses.replace(session_request(session, decision), rule_ids=decision.rule_ids)
+    entry, _ = ApprovalQueue(store).submit(request)
+    store.close()
+    code, out, _ = run("approvals", "show", entry.id)
+    why = next(line for line in out.splitlines() if line.startswith("why"))
+    assert code == 0 and why.count(rule) == 1, why
+
+
+def test_approvals_list_cuts_a_long_tool_name_visibly(workdir: Path) -> None:
+    store = AuditStore()
+    session = Guard(policy_with(approvals={"timeout": "60s"}), store=store).session("bot", "s1")
+    decision = session.before_tool("refund", {"amount": 100})
+    tool = "billing-service-with-a-long-name/" + "refund_" * 12
+    ApprovalQueue(store).submit(dataclasses.replace(session_request(session, decision), tool=tool))
+    store.close()
+    code, out, _ = run("approvals", "list")
+    line = out.splitlines()[0]
+    assert code == 0 and "bot -> billing-service" in line and "…" in line and tool not in line, line

@@ -38,6 +38,7 @@ from .policy.schema import Anomalies, Effect
 from .provenance import strings
 from .redact import mask
 from .sequences import ANOMALY_FINDINGS, BURST_SECONDS
+from .wording import count
 
 if TYPE_CHECKING:
     from .audit.store import AuditStore
@@ -372,7 +373,7 @@ class BaselineCheck:
             if row is None:
                 why = f"no baseline learned for agent {agent!r}"
             elif row.sessions < least:
-                why = f"the baseline of agent {agent!r} has {row.sessions} sessions, fewer than {least}"
+                why = f"the baseline of agent {agent!r} has {count(row.sessions, 'session')}, fewer than {least}"
                 row = None
         stale_at = row.learned_us / 1e6 + self.anomalies.max_age if row is not None else 0.0
         chosen = (until, row, why, stale_at)
@@ -427,7 +428,7 @@ class BaselineCheck:
         history = state.history
         recent = (history.recent_calls(agent, now) if history is not None else 0) + 1
         if recent > baseline.burst_max:
-            reason = f"{recent} calls within a minute; at most {baseline.burst_max}"
+            reason = f"{count(recent, 'call')} within a minute; at most {baseline.burst_max}"
             found.append(Anomaly(BURST, settings.burst, reason))
         if named:
             by_address = settings.destinations == "address"

@@ -31,6 +31,7 @@ from .policy import load_policy, read_policy
 from .policy.schema import parse_duration
 from .redact import user_ref
 from .values import canonical_json
+from .wording import count as _count
 
 _USER = click.option("--user", help="Only events of sessions run for this user (the audit stores users fingerprinted).")
 _STORE = click.option(
@@ -338,10 +339,6 @@ def _baseline_json(b: Baseline) -> dict[str, Any]:
     return {**out, "destinations": len(b.addresses), "destination_domains": len(b.domains)}
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 @main.group()
 def baseline() -> None:
     """Learn what is normal for each agent from the audit, and show it."""
@@ -405,7 +402,7 @@ def tail(store: str | None, lines: int, follow: bool, user: str | None) -> None:
     last_id = 0
     batch = list(audit_store.events(last=lines, user=ref))
     while True:
-        for line in tail_lines(batch):
+        for line in tail_lines(batch, fixed=follow):  # later batches line up with earlier ones
             click.echo(line)
         last_id = batch[-1].id if batch else last_id
         if not follow:

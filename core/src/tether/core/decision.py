@@ -19,6 +19,7 @@ from .expr import ConditionFailed, evaluate, make_activation, select
 from .policy.compile import DEFAULT_RULE, CompiledPolicy, CompiledRule, Plan
 from .policy.schema import Verdict
 from .state import SessionState
+from .wording import unnamed
 
 ERROR_RULE = "tether.error"
 REDACTED = "[redacted by Tether]"
@@ -88,9 +89,10 @@ class Decision:
 
     def refusal(self) -> str:
         """A message the agent can read when the call does not run."""
-        rules = ", ".join(self.rule_ids)
+        others = unnamed(self.rule_ids, self.reason)  # each rule named once
+        rules = f" (rule: {', '.join(others)})" if others else ""
         verb = "requires approval for" if self.needs_approval else "denied"
-        return f"Tether {verb} the call to '{self.call.tool}': {self.reason} (rule: {rules})"
+        return f"Tether {verb} the call to '{self.call.tool}': {self.reason}{rules}"
 
 
 class _RuleFailed(Exception):

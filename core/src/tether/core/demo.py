@@ -22,6 +22,7 @@ from .audit.render import session_lines
 from .guard import Guard
 from .policy import read_policy
 from .policy.schema import Approvals
+from .wording import count
 
 POLICY = Path(__file__).with_name("demo_policy.yaml")
 
@@ -57,7 +58,8 @@ def run_demo(store: str | None, *, timeout: float | None = None, interactive: bo
     session = guard.session("support-bot", f"demo-{uuid.uuid4().hex[:8]}", user="dana@customer.example")
     say = click.echo
     say(f"Tether demo: a support agent answers ticket #4821 under {POLICY.name}")
-    say(f"Audit store (SQLite): {audit_store.location}\n")
+    backend = audit_store.engine.dialect.name
+    say(f"Audit store ({'SQLite' if backend == 'sqlite' else backend}): {audit_store.location}\n")
     messages: list[dict[str, Any]] = [{"role": "user", "content": "Please handle ticket #4821."}]
     for thought, tool, args, output in _SCRIPT:
         request = session.before_model(messages, model="scripted-demo-model")
@@ -80,13 +82,16 @@ def run_demo(store: str | None, *, timeout: float | None = None, interactive: bo
         say(f"  {line}")
     report = verify(audit_store.key, audit_store.events())
     status = "intact" if report.ok else f"FAILED: {report.problems[0].message}"
-    say(f"\ntether audit verify: {report.events} events, hash chains {status}")
+    say(f"\ntether audit verify: {count(report.events, 'event')}, hash chains {status}")
     guard.close()
     where = f" --store {make_url(store).render_as_string(hide_password=True)}" if store else ""
-    say(
-        f"Explore: tether audit show {session.id}{where} | tether agents --policy {_policy_copy()}{where}"
-        f" | tether audit verify{where}"
-    )
+    say("Explore (one command a line):")
+    for command in (
+        f"tether audit show {session.id}{where}",
+        f"tether agents --policy {_policy_copy()}{where}",
+        f"tether audit verify{where}",
+    ):
+        say(f"  {command}")
 
 
 def _policy_copy() -> str:

@@ -34,6 +34,7 @@ from .policy.compile import CompiledPolicy
 from .policy.schema import Mode, Trust, Verdict
 from .ruling import rule_on
 from .state import SessionState
+from .wording import count
 
 _RUNS = (Verdict.ALLOW, Verdict.REDACT)
 
@@ -373,8 +374,8 @@ class Summary:
 
     def lines(self, replayer: Replayer) -> list[str]:
         out = [
-            f"replayed {self.decisions} decision{'s' if self.decisions != 1 else ''} "
-            f"({replayer.events} events, {replayer.sessions} sessions): {self.changed} would change"
+            f"replayed {count(self.decisions, 'decision')} "
+            f"({count(replayer.events, 'event')}, {count(replayer.sessions, 'session')}): {self.changed} would change"
         ]
         for group in sorted(self.groups.values(), key=lambda g: (-g.count, g.change, g.rules)):
             rules = ", ".join(group.rules) or "-"
@@ -391,5 +392,5 @@ class Summary:
         for problem in replayer.problems:
             out.append(f"audit problem: {problem.message}")
         if replayer.skipped:
-            out.append(f"{replayer.skipped} events not replayed: their session's chain broke before them")
+            out.append(f"{count(replayer.skipped, 'event')} not replayed: their session's chain broke before them")
         return out

@@ -23,6 +23,7 @@ from .audit.schema import events as events_table
 from .audit.store import AuditStore
 from .inventory import AgentRecord, inventory
 from .policy.schema import Policy
+from .wording import count
 
 VERDICTS = ("allow", "redact", "ask", "deny")
 COLOURS = {"allow": "#3a8f5c", "redact": "#4f7fbf", "ask": "#d9a02b", "deny": "#c8463d"}
@@ -145,7 +146,7 @@ def text_lines(report: Report) -> list[str]:
     total = report.decisions
     out = [
         f"Tether report: {since} to {_when(report.until_us / 1e6)} UTC",
-        f"{report.events} events, {len(report.sessions)} sessions, {total} decisions",
+        f"{count(report.events, 'event')}, {count(len(report.sessions), 'session')}, {count(total, 'decision')}",
         "",
         "Decisions by verdict",
     ]
@@ -173,7 +174,7 @@ def text_lines(report: Report) -> list[str]:
     out += ["", "Agents"]
     for agent in report.agents:
         calls = sum(sum(v.values()) for v in agent.used.values())
-        out.append(f"  {agent.name}: {calls} decisions on {len(agent.used)} tools")
+        out.append(f"  {agent.name}: {count(calls, 'decision')} on {count(len(agent.used), 'tool')}")
         out += [f"    drift: {finding}" for finding in _drift(report, agent)]
         if agent.unused:
             out.append(f"    granted, never used: {', '.join(agent.unused)}")

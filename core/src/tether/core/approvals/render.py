@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from ..audit.events import AuditEvent
 from ..audit.render import session_lines, summary
+from ..wording import cut, unnamed
 from .queue import Entry, now_us
 
 
@@ -23,22 +24,25 @@ def _status(entry: Entry) -> str:
     return f"{entry.status} by {entry.answered_by}" + (" for the session" if entry.scope == "session" else "")
 
 
+def _why(reason: str, rule_ids: Sequence[str]) -> str:
+    others = unnamed(rule_ids, reason)  # each rule named once
+    return f"{reason}  [{', '.join(others)}]" if others else reason
+
+
 def approval_line(entry: Entry) -> str:
     reason = str(entry.request.get("reason", ""))
-    reason = reason if len(reason) <= 80 else reason[:79] + "…"
-    return f"{entry.id}  {entry.agent} -> {entry.tool}  [{_status(entry)}]  {reason}"
+    return f"{entry.id}  {entry.agent} -> {entry.tool}  [{_status(entry)}]  {cut(reason, 80)}"
 
 
 def approval_lines(entries: Sequence[Entry]) -> list[str]:
     """Requests one a line, the columns lined up."""
-    who = [f"{e.agent} -> {e.tool}" for e in entries]
+    who = [cut(f"{e.agent} -> {e.tool}", 60) for e in entries]
     status = [f"[{_status(e)}]" for e in entries]
     w1, w2 = max(map(len, who), default=0), max(map(len, status), default=0)
     lines = []
     for entry, call, state in zip(entries, who, status, strict=True):
         reason = str(entry.request.get("reason", ""))
-        reason = reason if len(reason) <= 80 else reason[:79] + "…"
-        lines.append(f"{entry.id}  {call:<{w1}}  {state:<{w2}}  {reason}")
+        lines.append(f"{entry.id}  {call:<{w1}}  {state:<{w2}}  {cut(reason, 80)}")
     return lines
 
 
@@ -52,7 +56,7 @@ def approval_details(entry: Entry, session_events: Sequence[AuditEvent]) -> list
         + (f"   tenant {entry.tenant}" if entry.tenant else ""),
         f"tool      {entry.tool}",
         f"arguments {json.dumps(request.get('args'), ensure_ascii=False)}",
-        f"why       {request.get('reason')}  [{', '.join(request.get('rule_ids', []))}]",
+        f"why       {_why(str(request.get('reason', '')), request.get('rule_ids', []))}",
         f"asked     {_when(entry.created_us)}, denied unless answered by {_when(entry.expires_us)}",
         f"approvers {', '.join(entry.approvers) if entry.approvers is not None else 'anyone'}"
         + ("; may be approved for the rest of the session" if entry.for_session else ""),

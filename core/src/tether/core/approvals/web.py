@@ -40,6 +40,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from ..audit.render import session_lines
 from ..audit.store import AuditStore
 from ..errors import TetherError
+from ..wording import cut
 from . import FOR_SESSION, ONCE
 from .queue import MAX_COMMENT, PENDING, ApprovalQueue, Entry
 from .render import approval_details, approval_line
@@ -409,7 +410,7 @@ class _Handler(BaseHTTPRequestHandler):
         recent = [e for e in self.site.queue.entries(status=None, limit=30) if e.status != PENDING or e.expired]
         rows = "".join(
             f'<tr><td><a href="/approvals/{quote(e.id)}">{html.escape(e.id)}</a></td><td>{html.escape(e.agent)}</td>'
-            f"<td>{html.escape(e.tool)}</td><td><code>{html.escape(json.dumps(e.request.get('args'))[:160])}</code>"
+            f"<td>{html.escape(e.tool)}</td><td><code>{html.escape(cut(json.dumps(e.request.get('args')), 160))}</code>"
             f"</td><td>{html.escape(e.request.get('reason', ''))}</td><td>{_answer_forms(e, sign_in.csrf)}</td></tr>"
             for e in pending
         )

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..wording import cut, unnamed
 from .events import AuditEvent, Kind
 
 _WIDTH = 110
@@ -30,8 +31,8 @@ def summary(event: AuditEvent) -> str:
         if d.get("enforcement") == "monitored":
             verdict += " (monitor: not enforced)"
         reason = str(d.get("reason", ""))
-        unnamed = [rule for rule in d.get("rule_ids", []) if rule not in reason]  # each rule named once
-        rules = f" [{', '.join(unnamed)}]" if unnamed else ""
+        others = unnamed(d.get("rule_ids", []), reason)  # each rule named once
+        rules = f" [{', '.join(others)}]" if others else ""
         return f"{verdict:<5} {event.tool}({_compact(d.get('args', {}), 60)})  {reason}{rules}"
     if event.kind == Kind.APPROVAL:
         verb = "APPROVED" if event.verdict == "allow" else "DENIED"
@@ -66,19 +67,24 @@ def tail_line(event: AuditEvent) -> str:
     return tail_lines([event])[0]
 
 
-def tail_lines(events: Sequence[AuditEvent]) -> list[str]:
-    """Recent events, one a line, their columns lined up (long session ids and agent names cut)."""
-    where = [f"{_cut(e.session_id, 40)} #{e.seq}" for e in events]
-    agents = [_cut(e.agent or "-", 24) for e in events]
-    w1, w2 = max(map(len, where), default=0), max(map(len, agents), default=0)
+_SESSION_WIDTH, _SEQ_WIDTH, _AGENT_WIDTH = 40, 4, 24
+
+
+def tail_lines(events: Sequence[AuditEvent], *, fixed: bool = False) -> list[str]:
+    """Recent events, one a line, their columns lined up (long session ids and agent names cut).
+
+    The columns are as wide as their longest value, or, ``fixed``, as wide as any value may be,
+    so that lines printed later (``tail -f``) line up with those printed before."""
+    where = [f"{cut(e.session_id, _SESSION_WIDTH)} #{e.seq}" for e in events]
+    agents = [cut(e.agent or "-", _AGENT_WIDTH) for e in events]
+    if fixed:
+        w1, w2 = _SESSION_WIDTH + 2 + _SEQ_WIDTH, _AGENT_WIDTH
+    else:
+        w1, w2 = max(map(len, where), default=0), max(map(len, agents), default=0)
     return [
         _clip(f"{when(e)}  {place:<{w1}}  {agent:<{w2}}  {summary(e)}")
         for e, place, agent in zip(events, where, agents, strict=True)
     ]
-
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def session_lines(events: Iterable[AuditEvent]) -> list[str]:
