@@ -35,7 +35,6 @@ from . import FOR_SESSION, ONCE, ApprovalAnswer, ApprovalRequest, Unanswered
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
 MAX_COMMENT = 2000
-CHANNEL = "tether_approvals"  # PostgreSQL NOTIFY channel
 _ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no look-alikes (l/1, o/0)
 _answered = threading.Condition()  # wakes waiters in this process when this process answers
 
@@ -242,7 +241,7 @@ class ApprovalQueue:
             .where(table.c.id == entry_id, table.c.status == PENDING, table.c.expires_us > now)
             .values(**values)
         )
-        notify = sa.select(sa.func.pg_notify(CHANNEL, entry_id)) if self._postgres else None
+        notify = sa.select(sa.func.pg_notify(self.store.namespace.channel, entry_id)) if self._postgres else None
 
         def record_answer(cursor: Any) -> bool:
             """The status change and its audit event commit together (a waiter woken by one
@@ -370,7 +369,7 @@ class ApprovalQueue:
             driver: Any = raw.driver_connection
             driver.autocommit = True
             with self.store.watchdog.bounded(raw):
-                driver.execute(f"LISTEN {CHANNEL}")
+                driver.execute(f"LISTEN {self.store.namespace.channel}")
 
             def listen(t: float) -> None:
                 for _ in driver.notifies(timeout=t, stop_after=1):

@@ -9,8 +9,10 @@ are committed. Reads (CLI, verify, export) use SQLAlchemy Core.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -35,7 +37,7 @@ from .schema import SCHEMA_REVISION, VERSION_TABLE, events, meta, sensitive_valu
 STORE_ENV = "TETHER_STORE"
 DEFAULT_PATH = Path(".tether") / "tether.db"
 DEFAULT_TIMEOUT = 2.0  # seconds a decision may wait on the store before it is denied
-_PG_LOCK = 0x7E7E_0001  # advisory lock serialising writers of the log chain across processes
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")  # a PostgreSQL identifier that needs no quoting
 _COLUMNS = (
     "event_id",
     "ts_us",
@@ -81,18 +83,35 @@ def _engine(url: str, timeout: float, watchdog: Watchdog) -> Engine:
     return engine
 
 
+def store_schema(url: str) -> str | None:
+    """The PostgreSQL schema a store URL names (``?schema=NAME``), checked; None if it names none."""
+    value = make_url(url).query.get("schema")
+    if value is None:
+        return None
+    name = value if isinstance(value, str) else value[-1]
+    if not _SCHEMA_NAME.fullmatch(name):
+        raise StoreError(
+            f"the audit store's schema must be a lowercase PostgreSQL name (letters, digits, _; "
+            f"at most 63), not {name!r}"
+        )
+    return name
+
+
 def _postgres_engine(url: str, timeout: float, watchdog: Watchdog) -> Engine:
-    parsed = make_url(url)
+    schema = store_schema(url)
+    parsed = make_url(url).difference_update_query(["schema"])  # Tether's parameter, not libpq's
     connect_args: dict[str, Any] = {}
     if "connect_timeout" not in parsed.query:
         connect_args["connect_timeout"] = max(2, math.ceil(timeout))  # libpq's minimum is 2 s
-    engine = sa.create_engine(url, pool_timeout=timeout, connect_args=connect_args)
+    engine = sa.create_engine(parsed, pool_timeout=timeout, connect_args=connect_args)
     milliseconds = int(timeout * 1000)
 
     @sa.event.listens_for(engine, "connect")
     def _server_timeouts(dbapi_connection: Any, _record: Any) -> None:
         # The server gives up too, so a client cut off by the watchdog leaves no lock held for long.
         with dbapi_connection.cursor() as cursor:
+            if schema is not None:
+                cursor.execute(f'SET search_path TO "{schema}"')
             cursor.execute(f"SET lock_timeout = {milliseconds}")
             cursor.execute(f"SET idle_in_transaction_session_timeout = {max(milliseconds * 5, 10_000)}")
         dbapi_connection.commit()
@@ -265,10 +284,11 @@ class _Writer:
 
     _MAX_CACHED_SESSIONS = 10_000
 
-    def __init__(self, engine: Engine, key: bytes, watchdog: Watchdog) -> None:
+    def __init__(self, engine: Engine, key: bytes, watchdog: Watchdog, lock: int) -> None:
         self._engine = engine
         self._key = key
         self.watchdog = watchdog
+        self._lock = lock  # the PostgreSQL advisory lock of this store's log
         self._sqlite = engine.dialect.name == "sqlite"
         mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         table = events.name
@@ -298,7 +318,7 @@ class _Writer:
             fresh = version == self._data_version
             self._data_version = version
         else:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK,))
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock,))
             fresh = False
         if not fresh or len(self._heads) > self._MAX_CACHED_SESSIONS:
             self._heads.clear()
@@ -441,6 +461,34 @@ class _Checkpointer(threading.Thread):
         self.checkpoint()
 
 
+@dataclass(frozen=True)
+class Namespace:
+    """What keeps stores sharing one PostgreSQL database apart, beyond their tables: the schema
+    they live in names the advisory lock that serialises their writers and the channel their
+    approval answers are announced on."""
+
+    schema: str
+    lock: int
+    channel: str
+
+    @classmethod
+    def of(cls, schema: str) -> Namespace:
+        digest = hashlib.sha256(f"tether:{schema}".encode()).digest()
+        return cls(schema, int.from_bytes(digest[:8], "big", signed=True), f"tether_approvals_{digest[8:14].hex()}")
+
+
+def _namespace(engine: Engine, url: str, *, create: bool) -> Namespace:
+    """The store's namespace; with ``create``, make the schema ``url`` names if it is missing."""
+    if engine.dialect.name == "sqlite":
+        return Namespace.of("main")  # a SQLite store is a file of its own: nothing to keep apart
+    schema = store_schema(url)
+    with engine.begin() as connection:
+        if schema is not None and create:
+            connection.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        current = connection.execute(sa.text("SELECT current_schema()")).scalar()
+    return Namespace.of(str(current or "public"))
+
+
 @dataclass
 class SessionSummary:
     session_id: str
@@ -461,14 +509,19 @@ class AuditStore:
         create: bool = True,
         checkpoints: Sequence[str] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        schema: str | None = None,
     ) -> None:
-        """Open (and with ``create``, make) the store at ``url``. ``checkpoints``: where to keep
+        """Open (and with ``create``, make) the store at ``url``. ``schema``: the PostgreSQL
+        schema its tables live in (also ``?schema=NAME`` in the URL; made if missing), so that
+        stores sharing a database stay apart. ``checkpoints``: where to keep
         checkpoints of the log's head (see :mod:`tether.core.audit.checkpoints`). ``timeout``: the
         most seconds any one wait on the store may take (connecting, a lock, a statement, a
         write); past it the operation fails with :class:`StoreError`, and a decision is denied."""
         if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
             raise StoreError(f"the audit store's timeout must be a positive number of seconds, not {timeout!r}")
         self.url = url or default_store_url()
+        if schema is not None:
+            self.url = make_url(self.url).update_query_dict({"schema": schema}).render_as_string(hide_password=False)
         self.timeout = float(timeout)
         self.watchdog = Watchdog(self.timeout)
         if not create and self._missing():
@@ -478,12 +531,13 @@ class AuditStore:
             )
         try:
             self.engine = _engine(self.url, self.timeout, self.watchdog)
+            self.namespace = _namespace(self.engine, self.url, create=create)
             upgrade(self.engine)
             self.key = key if key is not None else load_key(self._key_file(), create=create)
             self._check_meta()
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"cannot open the audit store {self.location}: {db_reason(exc)}") from exc
-        self._writer = _Writer(self.engine, self.key, self.watchdog)
+        self._writer = _Writer(self.engine, self.key, self.watchdog, self.namespace.lock)
         self._commit = _GroupCommit(self._writer.write)
         self.checkpoints = Checkpoints(self, sinks_for(self, checkpoints))
         self._checkpointer: _Checkpointer | None = None
