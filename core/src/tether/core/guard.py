@@ -843,7 +843,7 @@ class Session:
 
     def _write(self, event: NewEvent, *, decided: bool = False) -> None:
         """Append ``event`` to the session, on top of the newest event this process knows of.
-        If another process wrote to the session since, this process catches up with what it
+        If another process wrote to the session since, this process first reads what that one
         wrote; then a decision (``decided``) raises :class:`SessionMoved` to be made again on
         what is now known (so limits and taint hold exactly across processes), and any other
         event (a fact, whatever the state) is written again."""
@@ -902,8 +902,8 @@ class SessionMoved(StoreError):
 
 def _too_busy(session_id: str) -> StoreError:
     return StoreError(
-        f"session {session_id} changed under {_TRIES} decisions in a row: other processes are "
-        "writing to it faster than this one can decide"
+        f"other processes wrote to session {session_id} before each of {_TRIES} tries to record "
+        "this call: they write to it faster than this one can decide"
     )
 
 
