@@ -201,3 +201,47 @@ def test_an_mcp_servers_tool_is_untrusted_unless_the_policy_says_otherwise() -> 
     assert tools["helpdesk/read_ticket"].output is Trust.UNTRUSTED
     assert tools["helpdesk/lookup"].output is Trust.TRUSTED
     assert tools["local_search"].output is Trust.TRUSTED
+
+
+FOUR_PROBLEMS = """\
+version: 1
+tools:
+  read_file: {effects: [read]}
+  send_email: {effects: [external]}
+agents:
+  helper:
+    purpose: help
+    owner: team@acme.example
+    tools:
+      read_file: allow
+      delete_all: allow
+  mailer:
+    purpose: send mail
+    owner: team@acme.example
+    tools:
+      send_email:
+        ask: args.to.endsWith(
+      wipe_disk: allow
+rules:
+  - id: no-external
+    action: deny
+    effects: [external]
+"""
+
+
+def test_a_schema_error_does_not_hide_unknown_tools_or_broken_conditions(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(FOUR_PROBLEMS)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(tmp_path / "p.yaml")
+    found = [(issue.line, issue.path, issue.message) for issue in caught.value.issues]
+    assert [(line, path) for line, path, _ in found] == [
+        (11, "agents.helper.tools.delete_all"),
+        (17, "agents.mailer.tools.send_email.ask"),
+        (18, "agents.mailer.tools.wipe_disk"),
+        (20, "rules[0].reason"),
+    ]
+    assert found[0][2].startswith("unknown tool 'delete_all'")
+    assert found[1][2].startswith("condition does not compile")
+    assert found[2][2].startswith("unknown tool 'wipe_disk'")
+    assert found[3][2] == "required key 'reason' is missing"
+    assert all(issue.file == str(tmp_path / "p.yaml") for issue in caught.value.issues)
