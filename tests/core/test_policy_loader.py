@@ -245,3 +245,19 @@ def test_a_schema_error_does_not_hide_unknown_tools_or_broken_conditions(tmp_pat
     assert found[2][2].startswith("unknown tool 'wipe_disk'")
     assert found[3][2] == "required key 'reason' is missing"
     assert all(issue.file == str(tmp_path / "p.yaml") for issue in caught.value.issues)
+
+
+def test_a_duplicate_key_does_not_hide_the_other_problems(tmp_path: Path) -> None:
+    text = FOUR_PROBLEMS.replace("    purpose: help\n", "    purpose: help\n    purpose: helps\n")
+    (tmp_path / "p.yaml").write_text(text)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(tmp_path / "p.yaml")
+    found = [(issue.line, issue.path) for issue in caught.value.issues]
+    assert found == [
+        (8, "agents.helper.purpose"),
+        (12, "agents.helper.tools.delete_all"),
+        (18, "agents.mailer.tools.send_email.ask"),
+        (19, "agents.mailer.tools.wipe_disk"),
+        (21, "rules[0].reason"),
+    ]
+    assert caught.value.issues[0].message.startswith("duplicate key 'purpose'")

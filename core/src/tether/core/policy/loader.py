@@ -71,8 +71,8 @@ def read_policy(source: str | os.PathLike[str] | Mapping[str, Any] | Policy) -> 
 
 def parse_policy(text: str, file: str | None = None) -> tuple[Policy, Source]:
     """A validated policy from YAML text."""
-    data, where = _parse_yaml(text, file)
-    return _validate(data, where), where
+    data, where, duplicates = _parse_yaml(text, file)
+    return _validate(data, where, duplicates), where
 
 
 def _parse_yaml(
@@ -80,7 +80,9 @@ def _parse_yaml(
     file: str | None,
     what: str = "policy",
     shape: str = "a policy must be a mapping (version, tools, agents, rules)",
-) -> tuple[dict[str, Any], Source]:
+) -> tuple[dict[str, Any], Source, list[PolicyIssue]]:
+    """The document's data, its source map and its duplicate keys (reported with the rest: the
+    data keeps the last value of each)."""
     where = Source(file)
     loader = yaml.SafeLoader(text)
     try:
@@ -89,8 +91,6 @@ def _parse_yaml(
             raise PolicyError([PolicyIssue(f"the {what} is empty", file=file)])
         duplicates: list[PolicyIssue] = []
         _index(node, (), where, duplicates)
-        if duplicates:
-            raise PolicyError(duplicates)
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -103,7 +103,7 @@ def _parse_yaml(
         loader.dispose()
     if not isinstance(data, dict):
         raise PolicyError([where.issue((), shape)])
-    return data, where
+    return data, where, duplicates
 
 
 def _index(node: yaml.Node, path: KeyPath, where: Source, duplicates: list[PolicyIssue]) -> None:
@@ -131,14 +131,25 @@ def _index(node: yaml.Node, path: KeyPath, where: Source, duplicates: list[Polic
             _index(item, (*path, i), where, duplicates)
 
 
-def _validate(data: dict[str, Any], where: Source) -> Policy:
+def _validate(data: dict[str, Any], where: Source, found: list[PolicyIssue] | None = None) -> Policy:
+    """The policy in ``data``; problems ``found`` before (duplicate keys) are raised with the
+    schema's, and what is valid is still checked (references, conditions) by the caller, from
+    the error's ``partial``, so one run reports every problem."""
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except ValidationError as exc:
-        error = PolicyError(_issues(exc, data, where))
-        # What is valid is still checked (references, conditions), so one run reports every problem.
+        error = PolicyError(_sorted([*(found or []), *_issues(exc, data, where)]))
         error.partial = _valid_part(data, exc), where
         raise error from None
+    if found:
+        error = PolicyError(_sorted(found))
+        error.partial = policy, where
+        raise error
+    return policy
+
+
+def _sorted(issues: list[PolicyIssue]) -> list[PolicyIssue]:
+    return sorted(issues, key=lambda i: (i.line or 0, i.column or 0))
 
 
 def parse_document(
@@ -147,11 +158,14 @@ def parse_document(
     """A YAML document validated against ``model``, with errors located as a policy's are (file,
     line, key): for files that live beside a policy, such as its tests. Returns the validated
     model, the raw data and the source map."""
-    data, where = _parse_yaml(text, file, what, shape)
+    data, where, duplicates = _parse_yaml(text, file, what, shape)
     try:
-        return model.model_validate(data), data, where
+        validated = model.model_validate(data)
     except ValidationError as exc:
-        raise PolicyError(_issues(exc, data, where, model)) from None
+        raise PolicyError(_sorted([*duplicates, *_issues(exc, data, where, model)])) from None
+    if duplicates:
+        raise PolicyError(duplicates)
+    return validated, data, where
 
 
 def _issues(
