@@ -261,3 +261,32 @@ def test_a_duplicate_key_does_not_hide_the_other_problems(tmp_path: Path) -> Non
         (21, "rules[0].reason"),
     ]
     assert caught.value.issues[0].message.startswith("duplicate key 'purpose'")
+
+
+def test_a_broken_sequence_does_not_hide_the_problems_of_the_others(tmp_path: Path) -> None:
+    text = GOOD + (
+        "sequences:\n"
+        "  - id: first\n"  # line 16
+        "    action: deny\n"
+        "    after: [{tools: search}]\n"
+        "  - id: second\n"
+        "    reason: no mail after a search\n"
+        "    action: deny\n"
+        "    after: [{tools: serach}]\n"  # line 22
+        "    then: {when: 'args.to >'}\n"
+        "  - id: third\n"
+        "    reason: a broken pattern\n"
+        "    action: deny\n"
+        "    after: [{tools: search, effects: [fly]}]\n"  # line 27
+        "    then: {when: 'args.to >'}\n"  # not compiled: its sequence did not fit the schema
+    )
+    (tmp_path / "p.yaml").write_text(text)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(tmp_path / "p.yaml")
+    found = [(issue.line, issue.path) for issue in caught.value.issues]
+    assert found == [
+        (16, "sequences[0].reason"),
+        (22, "sequences[1].after[0].tools"),
+        (23, "sequences[1].then.when"),
+        (27, "sequences[2].after[0].effects[0]"),
+    ]

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import PolicyError, PolicyIssue
-from .schema import Policy, Rule
+from .schema import Policy, Rule, SequenceRule
 
 KeyPath = tuple[Any, ...]
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -27,6 +27,9 @@ class Source:
         self.file = file
         self.values: dict[KeyPath, tuple[int, int]] = {}
         self.keys: dict[KeyPath, tuple[int, int]] = {}
+        #: the parts (as key paths) that did not fit the schema and were replaced by a stand-in
+        #: while the rest was checked: problems found in a stand-in are not the user's
+        self.stand_ins: set[str] = set()
 
     def issue(self, path: KeyPath, message: str, *, at_key: bool = False) -> PolicyIssue:
         """An issue at ``path``: its value, or its key (``at_key``); else its nearest parent key."""
@@ -139,7 +142,7 @@ def _validate(data: dict[str, Any], where: Source, found: list[PolicyIssue] | No
         policy = Policy.model_validate(data)
     except ValidationError as exc:
         error = PolicyError(_sorted([*(found or []), *_issues(exc, data, where)]))
-        error.partial = _valid_part(data, exc), where
+        error.partial = _valid_part(data, exc, where), where
         raise error from None
     if found:
         error = PolicyError(_sorted(found))
@@ -192,7 +195,7 @@ def _issues(
     return issues
 
 
-def _valid_part(data: dict[str, Any], exc: ValidationError) -> Policy | None:
+def _valid_part(data: dict[str, Any], exc: ValidationError, where: Source) -> Policy | None:
     """The policy with each invalid part replaced by a neutral stand-in (an unknown key dropped,
     a missing name filled in, a broken rule made inert), or None if that does not validate.
     Stand-ins keep every name and every list position, so what is checked next reports only
@@ -200,7 +203,7 @@ def _valid_part(data: dict[str, Any], exc: ValidationError) -> Policy | None:
     data = copy.deepcopy(data)
     for _ in range(8):
         for err in exc.errors():
-            if not _stand_in(data, _data_path(err["loc"], data)):
+            if not _stand_in(data, _data_path(err["loc"], data), where):
                 return None
         try:
             return Policy.model_validate(data)
@@ -212,7 +215,7 @@ def _valid_part(data: dict[str, Any], exc: ValidationError) -> Policy | None:
 _OPTIONAL_IN_RULE = ("agents", "tools", "effects", "when", "redact", "approvers", "approve_for_session")
 
 
-def _stand_in(data: dict[str, Any], path: KeyPath) -> bool:
+def _stand_in(data: dict[str, Any], path: KeyPath, where: Source) -> bool:
     """Make the part of ``data`` at ``path`` valid without changing what else it says."""
     if not path:
         return False
@@ -250,6 +253,23 @@ def _stand_in(data: dict[str, Any], path: KeyPath) -> bool:
         else:  # the rule as a whole is wrong: keep its place, make it select nothing
             rule = {"id": f"tether:invalid:{index}", "reason": "?", "action": "allow", "tools": []}
         rules[index] = rule
+    elif section == "sequences" and rest and isinstance(data.get("sequences"), list) and isinstance(rest[0], int):
+        sequences, index = data["sequences"], rest[0]
+        sequence = sequences[index] if isinstance(sequences[index], dict) else {}
+        key = rest[1] if len(rest) > 1 else None
+        if key == "reason":
+            sequence["reason"] = "?"
+        elif key == "id":
+            sequence["id"] = f"tether:invalid-sequence:{index}"
+        elif key == "action":
+            sequence["action"] = "redact" if sequence.get("redact") else "deny"
+        elif key == "redact" or (key is not None and key not in SequenceRule.model_fields):
+            sequence.pop(key, None)
+        else:  # its pattern or the sequence as a whole is wrong: keep its place, check none of it
+            sequence = {"id": f"tether:invalid-sequence:{index}", "reason": "?", "action": "deny"}
+            sequence["after"] = [{"findings": []}]
+            where.stand_ins.add(format_path(("sequences", index)))
+        sequences[index] = sequence
     elif section == "approvals" and len(rest) >= 2 and rest[0] == "groups" and isinstance(data.get("approvals"), dict):
         groups = data["approvals"].get("groups")
         if not isinstance(groups, dict):
