@@ -290,3 +290,20 @@ def test_a_broken_sequence_does_not_hide_the_problems_of_the_others(tmp_path: Pa
         (23, "sequences[1].then.when"),
         (27, "sequences[2].after[0].effects[0]"),
     ]
+
+
+def test_a_class_that_does_not_fit_the_schema_is_still_known_to_what_refers_to_it(tmp_path: Path) -> None:
+    text = GOOD.replace("version: 1\n", "version: 1\nclasses:\n  account:\n    patterns: []\n") + (
+        "sequences:\n"
+        "  - id: accounts\n"
+        "    action: deny\n"  # line 20: no reason
+        "    after: [{data: [account]}]\n"
+        "    then: {tools: send_email}\n"
+    )
+    (tmp_path / "p.yaml").write_text(text)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(tmp_path / "p.yaml")
+    assert [(issue.line, issue.path) for issue in caught.value.issues] == [
+        (4, "classes.account.patterns"),
+        (19, "sequences[0].reason"),
+    ]

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..errors import PolicyError, PolicyIssue
-from .schema import Policy, Rule, SequenceRule
+from .schema import DataClass, Policy, Rule, SequenceRule
 
 KeyPath = tuple[Any, ...]
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -228,6 +228,9 @@ def _stand_in(data: dict[str, Any], path: KeyPath, where: Source) -> bool:
             _drop_or_reset(entries, rest, {})
         elif section == "classes":
             entries.pop(rest[0], None)
+            if _valid_class_name(rest[0]):  # keep it, for what refers to it
+                entries[rest[0]] = {"patterns": ["tether-invalid-class"]}
+                where.stand_ins.add(format_path(("classes", rest[0])))
         elif len(rest) >= 3 and rest[1] == "tools" and isinstance((entries.get(rest[0]) or {}).get("tools"), dict):
             _drop_or_reset(entries[rest[0]]["tools"], rest[2:], {})  # a grant
         elif len(rest) >= 2 and isinstance(entries.get(rest[0]), dict):
@@ -280,6 +283,17 @@ def _stand_in(data: dict[str, Any], path: KeyPath, where: Source) -> bool:
     else:
         data.pop(section, None)
     return True
+
+
+def _valid_class_name(name: Any) -> bool:
+    try:
+        _CLASS_NAME.validate_python(name)
+    except ValidationError:
+        return False
+    return True
+
+
+_CLASS_NAME: TypeAdapter[str] = TypeAdapter(DataClass)
 
 
 def _drop_or_reset(entries: dict[str, Any], rest: KeyPath, empty: dict[str, Any]) -> None:
