@@ -429,3 +429,21 @@ def test_approvals_list_cuts_a_long_tool_name_visibly(workdir: Path) -> None:
     code, out, _ = run("approvals", "list")
     line = out.splitlines()[0]
     assert code == 0 and "bot -> billing-service" in line and "…" in line and tool not in line, line
+
+
+def test_check_reports_a_missing_reason_unknown_tools_and_a_broken_condition_together(workdir: Path) -> None:
+    from .test_policy_loader import FOUR_PROBLEMS
+
+    (workdir / "p.yaml").write_text(FOUR_PROBLEMS)
+    code, out, err = run("check", "p.yaml")
+    assert code == 1 and out == ""
+    lines = err.splitlines()
+    assert [line.split(": ")[0] + ": " + line.split(": ")[1] for line in lines[:-1]] == [
+        "p.yaml:11:7: agents.helper.tools.delete_all",
+        "p.yaml:17:14: agents.mailer.tools.send_email.ask",
+        "p.yaml:18:7: agents.mailer.tools.wipe_disk",
+        "p.yaml:20:5: rules[0].reason",
+    ]
+    assert "unknown tool 'delete_all'" in lines[0] and "unknown tool 'wipe_disk'" in lines[2]
+    assert "condition does not compile" in lines[1] and "required key 'reason' is missing" in lines[3]
+    assert lines[-1] == "p.yaml: 4 problems"

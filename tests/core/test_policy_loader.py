@@ -201,3 +201,109 @@ def test_an_mcp_servers_tool_is_untrusted_unless_the_policy_says_otherwise() -> 
     assert tools["helpdesk/read_ticket"].output is Trust.UNTRUSTED
     assert tools["helpdesk/lookup"].output is Trust.TRUSTED
     assert tools["local_search"].output is Trust.TRUSTED
+
+
+FOUR_PROBLEMS = """\
+version: 1
+tools:
+  read_file: {effects: [read]}
+  send_email: {effects: [external]}
+agents:
+  helper:
+    purpose: help
+    owner: team@acme.example
+    tools:
+      read_file: allow
+      delete_all: allow
+  mailer:
+    purpose: send mail
+    owner: team@acme.example
+    tools:
+      send_email:
+        ask: args.to.endsWith(
+      wipe_disk: allow
+rules:
+  - id: no-external
+    action: deny
+    effects: [external]
+"""
+
+
+def test_a_schema_error_does_not_hide_unknown_tools_or_broken_conditions(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(FOUR_PROBLEMS)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(tmp_path / "p.yaml")
+    found = [(issue.line, issue.path, issue.message) for issue in caught.value.issues]
+    assert [(line, path) for line, path, _ in found] == [
+        (11, "agents.helper.tools.delete_all"),
+        (17, "agents.mailer.tools.send_email.ask"),
+        (18, "agents.mailer.tools.wipe_disk"),
+        (20, "rules[0].reason"),
+    ]
+    assert found[0][2].startswith("unknown tool 'delete_all'")
+    assert found[1][2].startswith("condition does not compile")
+    assert found[2][2].startswith("unknown tool 'wipe_disk'")
+    assert found[3][2] == "required key 'reason' is missing"
+    assert all(issue.file == str(tmp_path / "p.yaml") for issue in caught.value.issues)
+
+
+def test_a_duplicate_key_does_not_hide_the_other_problems(tmp_path: Path) -> None:
+    text = FOUR_PROBLEMS.replace("    purpose: help\n", "    purpose: help\n    purpose: helps\n")
+    (tmp_path / "p.yaml").write_text(text)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(tmp_path / "p.yaml")
+    found = [(issue.line, issue.path) for issue in caught.value.issues]
+    assert found == [
+        (8, "agents.helper.purpose"),
+        (12, "agents.helper.tools.delete_all"),
+        (18, "agents.mailer.tools.send_email.ask"),
+        (19, "agents.mailer.tools.wipe_disk"),
+        (21, "rules[0].reason"),
+    ]
+    assert caught.value.issues[0].message.startswith("duplicate key 'purpose'")
+
+
+def test_a_broken_sequence_does_not_hide_the_problems_of_the_others(tmp_path: Path) -> None:
+    text = GOOD + (
+        "sequences:\n"
+        "  - id: first\n"  # line 16
+        "    action: deny\n"
+        "    after: [{tools: search}]\n"
+        "  - id: second\n"
+        "    reason: no mail after a search\n"
+        "    action: deny\n"
+        "    after: [{tools: serach}]\n"  # line 22
+        "    then: {when: 'args.to >'}\n"
+        "  - id: third\n"
+        "    reason: a broken pattern\n"
+        "    action: deny\n"
+        "    after: [{tools: search, effects: [fly]}]\n"  # line 27
+        "    then: {when: 'args.to >'}\n"  # not compiled: its sequence did not fit the schema
+    )
+    (tmp_path / "p.yaml").write_text(text)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(tmp_path / "p.yaml")
+    found = [(issue.line, issue.path) for issue in caught.value.issues]
+    assert found == [
+        (16, "sequences[0].reason"),
+        (22, "sequences[1].after[0].tools"),
+        (23, "sequences[1].then.when"),
+        (27, "sequences[2].after[0].effects[0]"),
+    ]
+
+
+def test_a_class_that_does_not_fit_the_schema_is_still_known_to_what_refers_to_it(tmp_path: Path) -> None:
+    text = GOOD.replace("version: 1\n", "version: 1\nclasses:\n  account:\n    patterns: []\n") + (
+        "sequences:\n"
+        "  - id: accounts\n"
+        "    action: deny\n"  # line 20: no reason
+        "    after: [{data: [account]}]\n"
+        "    then: {tools: send_email}\n"
+    )
+    (tmp_path / "p.yaml").write_text(text)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(tmp_path / "p.yaml")
+    assert [(issue.line, issue.path) for issue in caught.value.issues] == [
+        (4, "classes.account.patterns"),
+        (19, "sequences[0].reason"),
+    ]

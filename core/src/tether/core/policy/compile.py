@@ -329,6 +329,10 @@ def _hint(name: str, known: set[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _within(path: str, parts: set[str]) -> bool:
+    return any(path == part or path.startswith((part + ".", part + "[")) for part in parts)
+
+
 def load_policy(source: str | os.PathLike[str] | Mapping[str, Any] | Policy) -> CompiledPolicy:
     """Read, validate and compile a policy (a YAML path, a mapping or a :class:`Policy`).
 
@@ -343,7 +347,10 @@ def load_policy(source: str | os.PathLike[str] | Mapping[str, Any] | Policy) -> 
             compile_policy(*exc.partial)
         except PolicyError as more:
             seen = {str(issue) for issue in exc.issues}
-            issues = exc.issues + [issue for issue in more.issues if str(issue) not in seen]
+            stand_ins = exc.partial[1].stand_ins
+            issues = exc.issues + [
+                issue for issue in more.issues if str(issue) not in seen and not _within(issue.path, stand_ins)
+            ]
             issues.sort(key=lambda i: (i.line or 0, i.column or 0))
             raise PolicyError(issues) from None
         raise

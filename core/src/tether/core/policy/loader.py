@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..errors import PolicyError, PolicyIssue
-from .schema import Policy, Rule
+from .schema import DataClass, Policy, Rule, SequenceRule
 
 KeyPath = tuple[Any, ...]
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -27,6 +27,9 @@ class Source:
         self.file = file
         self.values: dict[KeyPath, tuple[int, int]] = {}
         self.keys: dict[KeyPath, tuple[int, int]] = {}
+        #: the parts (as key paths) that did not fit the schema and were replaced by a stand-in
+        #: while the rest was checked: problems found in a stand-in are not the user's
+        self.stand_ins: set[str] = set()
 
     def issue(self, path: KeyPath, message: str, *, at_key: bool = False) -> PolicyIssue:
         """An issue at ``path``: its value, or its key (``at_key``); else its nearest parent key."""
@@ -71,8 +74,8 @@ def read_policy(source: str | os.PathLike[str] | Mapping[str, Any] | Policy) -> 
 
 def parse_policy(text: str, file: str | None = None) -> tuple[Policy, Source]:
     """A validated policy from YAML text."""
-    data, where = _parse_yaml(text, file)
-    return _validate(data, where), where
+    data, where, duplicates = _parse_yaml(text, file)
+    return _validate(data, where, duplicates), where
 
 
 def _parse_yaml(
@@ -80,7 +83,9 @@ def _parse_yaml(
     file: str | None,
     what: str = "policy",
     shape: str = "a policy must be a mapping (version, tools, agents, rules)",
-) -> tuple[dict[str, Any], Source]:
+) -> tuple[dict[str, Any], Source, list[PolicyIssue]]:
+    """The document's data, its source map and its duplicate keys (reported with the rest: the
+    data keeps the last value of each)."""
     where = Source(file)
     loader = yaml.SafeLoader(text)
     try:
@@ -89,8 +94,6 @@ def _parse_yaml(
             raise PolicyError([PolicyIssue(f"the {what} is empty", file=file)])
         duplicates: list[PolicyIssue] = []
         _index(node, (), where, duplicates)
-        if duplicates:
-            raise PolicyError(duplicates)
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -103,7 +106,7 @@ def _parse_yaml(
         loader.dispose()
     if not isinstance(data, dict):
         raise PolicyError([where.issue((), shape)])
-    return data, where
+    return data, where, duplicates
 
 
 def _index(node: yaml.Node, path: KeyPath, where: Source, duplicates: list[PolicyIssue]) -> None:
@@ -131,14 +134,25 @@ def _index(node: yaml.Node, path: KeyPath, where: Source, duplicates: list[Polic
             _index(item, (*path, i), where, duplicates)
 
 
-def _validate(data: dict[str, Any], where: Source) -> Policy:
+def _validate(data: dict[str, Any], where: Source, found: list[PolicyIssue] | None = None) -> Policy:
+    """The policy in ``data``; problems ``found`` before (duplicate keys) are raised with the
+    schema's, and what is valid is still checked (references, conditions) by the caller, from
+    the error's ``partial``, so one run reports every problem."""
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except ValidationError as exc:
-        error = PolicyError(_issues(exc, data, where))
-        # What is valid is still checked (references, conditions), so one run reports every problem.
-        error.partial = _valid_part(data, exc), where
+        error = PolicyError(_sorted([*(found or []), *_issues(exc, data, where)]))
+        error.partial = _valid_part(data, exc, where), where
         raise error from None
+    if found:
+        error = PolicyError(_sorted(found))
+        error.partial = policy, where
+        raise error
+    return policy
+
+
+def _sorted(issues: list[PolicyIssue]) -> list[PolicyIssue]:
+    return sorted(issues, key=lambda i: (i.line or 0, i.column or 0))
 
 
 def parse_document(
@@ -147,11 +161,14 @@ def parse_document(
     """A YAML document validated against ``model``, with errors located as a policy's are (file,
     line, key): for files that live beside a policy, such as its tests. Returns the validated
     model, the raw data and the source map."""
-    data, where = _parse_yaml(text, file, what, shape)
+    data, where, duplicates = _parse_yaml(text, file, what, shape)
     try:
-        return model.model_validate(data), data, where
+        validated = model.model_validate(data)
     except ValidationError as exc:
-        raise PolicyError(_issues(exc, data, where, model)) from None
+        raise PolicyError(_sorted([*duplicates, *_issues(exc, data, where, model)])) from None
+    if duplicates:
+        raise PolicyError(duplicates)
+    return validated, data, where
 
 
 def _issues(
@@ -178,7 +195,7 @@ def _issues(
     return issues
 
 
-def _valid_part(data: dict[str, Any], exc: ValidationError) -> Policy | None:
+def _valid_part(data: dict[str, Any], exc: ValidationError, where: Source) -> Policy | None:
     """The policy with each invalid part replaced by a neutral stand-in (an unknown key dropped,
     a missing name filled in, a broken rule made inert), or None if that does not validate.
     Stand-ins keep every name and every list position, so what is checked next reports only
@@ -186,7 +203,7 @@ def _valid_part(data: dict[str, Any], exc: ValidationError) -> Policy | None:
     data = copy.deepcopy(data)
     for _ in range(8):
         for err in exc.errors():
-            if not _stand_in(data, _data_path(err["loc"], data)):
+            if not _stand_in(data, _data_path(err["loc"], data), where):
                 return None
         try:
             return Policy.model_validate(data)
@@ -198,7 +215,7 @@ def _valid_part(data: dict[str, Any], exc: ValidationError) -> Policy | None:
 _OPTIONAL_IN_RULE = ("agents", "tools", "effects", "when", "redact", "approvers", "approve_for_session")
 
 
-def _stand_in(data: dict[str, Any], path: KeyPath) -> bool:
+def _stand_in(data: dict[str, Any], path: KeyPath, where: Source) -> bool:
     """Make the part of ``data`` at ``path`` valid without changing what else it says."""
     if not path:
         return False
@@ -211,6 +228,9 @@ def _stand_in(data: dict[str, Any], path: KeyPath) -> bool:
             _drop_or_reset(entries, rest, {})
         elif section == "classes":
             entries.pop(rest[0], None)
+            if _valid_class_name(rest[0]):  # keep it, for what refers to it
+                entries[rest[0]] = {"patterns": ["tether-invalid-class"]}
+                where.stand_ins.add(format_path(("classes", rest[0])))
         elif len(rest) >= 3 and rest[1] == "tools" and isinstance((entries.get(rest[0]) or {}).get("tools"), dict):
             _drop_or_reset(entries[rest[0]]["tools"], rest[2:], {})  # a grant
         elif len(rest) >= 2 and isinstance(entries.get(rest[0]), dict):
@@ -236,6 +256,23 @@ def _stand_in(data: dict[str, Any], path: KeyPath) -> bool:
         else:  # the rule as a whole is wrong: keep its place, make it select nothing
             rule = {"id": f"tether:invalid:{index}", "reason": "?", "action": "allow", "tools": []}
         rules[index] = rule
+    elif section == "sequences" and rest and isinstance(data.get("sequences"), list) and isinstance(rest[0], int):
+        sequences, index = data["sequences"], rest[0]
+        sequence = sequences[index] if isinstance(sequences[index], dict) else {}
+        key = rest[1] if len(rest) > 1 else None
+        if key == "reason":
+            sequence["reason"] = "?"
+        elif key == "id":
+            sequence["id"] = f"tether:invalid-sequence:{index}"
+        elif key == "action":
+            sequence["action"] = "redact" if sequence.get("redact") else "deny"
+        elif key == "redact" or (key is not None and key not in SequenceRule.model_fields):
+            sequence.pop(key, None)
+        else:  # its pattern or the sequence as a whole is wrong: keep its place, check none of it
+            sequence = {"id": f"tether:invalid-sequence:{index}", "reason": "?", "action": "deny"}
+            sequence["after"] = [{"findings": []}]
+            where.stand_ins.add(format_path(("sequences", index)))
+        sequences[index] = sequence
     elif section == "approvals" and len(rest) >= 2 and rest[0] == "groups" and isinstance(data.get("approvals"), dict):
         groups = data["approvals"].get("groups")
         if not isinstance(groups, dict):
@@ -246,6 +283,17 @@ def _stand_in(data: dict[str, Any], path: KeyPath) -> bool:
     else:
         data.pop(section, None)
     return True
+
+
+def _valid_class_name(name: Any) -> bool:
+    try:
+        _CLASS_NAME.validate_python(name)
+    except ValidationError:
+        return False
+    return True
+
+
+_CLASS_NAME: TypeAdapter[str] = TypeAdapter(DataClass)
 
 
 def _drop_or_reset(entries: dict[str, Any], rest: KeyPath, empty: dict[str, Any]) -> None:
