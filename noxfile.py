@@ -44,15 +44,15 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install(*nox.project.dependency_groups(PYPROJECT, "typecheck"), "-e", "./core[mcp]")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "typecheck"), "-e", "./core[mcp,otel]")
     session.run("mypy", "core/src/tether/core")
 
 
 @nox.session
 def core(session: nox.Session) -> None:
-    """The core's tests, the fault suite and the MCP gateway's, on SQLite, and on PostgreSQL
-    when TETHER_TEST_POSTGRES_URL is set."""
-    session.install(*nox.project.dependency_groups(PYPROJECT, "test"), "-e", "./core[mcp]")
+    """The core's tests (OpenTelemetry export included), the fault suite and the MCP gateway's,
+    on SQLite, and on PostgreSQL when TETHER_TEST_POSTGRES_URL is set."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "test"), "-e", "./core[mcp,otel]")
     session.run("pytest", "tests/core", "tests/faults", "tests/mcp", *session.posargs)
 
 
@@ -62,8 +62,11 @@ def core_310(session: nox.Session) -> None:
     core(session)
 
 
-def adapter_tests(session: nox.Session, adapter: str, *framework: str, tests: str | None = None) -> None:
-    """Install the core, one adapter and the framework versions asked for, then run its tests.
+def adapter_tests(
+    session: nox.Session, adapter: str, *framework: str, tests: str | None = None, core: str = "./core"
+) -> None:
+    """Install the core (``core``: with extras, e.g. ``./core[otel]``), one adapter and the
+    framework versions asked for, then run its tests.
 
     Each adapter session parametrizes ``framework`` over the oldest and newest versions it
     supports; the frameworks never share an environment.
@@ -71,7 +74,7 @@ def adapter_tests(session: nox.Session, adapter: str, *framework: str, tests: st
     session.install(
         *nox.project.dependency_groups(PYPROJECT, "test-adapter"),
         "-e",
-        "./core",
+        core,
         "-e",
         f"./adapters/{adapter}",
         *framework,
@@ -147,8 +150,9 @@ LANGGRAPH = {
 @nox.session
 @nox.parametrize("versions", [nox.param(pins, id=name) for name, pins in LANGGRAPH.items()])
 def langgraph(session: nox.Session, versions: tuple[str, ...]) -> None:
-    """LangGraph and LangChain's create_agent, oldest and newest supported releases."""
-    adapter_tests(session, "langgraph", *versions)
+    """LangGraph and LangChain's create_agent, oldest and newest supported releases, with the
+    OpenTelemetry export (spans of a real graph run)."""
+    adapter_tests(session, "langgraph", *versions, core="./core[otel]")
 
 
 nox.options.sessions.append("langgraph")

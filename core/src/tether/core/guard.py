@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import scopes
 from .approvals import ApprovalAnswer, ApprovalRequest, Approver, Unanswered
@@ -35,6 +35,9 @@ from .request import as_request_text
 from .ruling import rule_on
 from .state import SessionState
 from .values import Plain, as_text, canonical_json, clean_str, to_plain
+
+if TYPE_CHECKING:
+    from .telemetry import Observer
 
 log = logging.getLogger("tether")
 _MAX_SESSIONS = 10_000  # sessions kept in memory; older ones are rebuilt from the audit if they return
@@ -61,7 +64,9 @@ class Guard:
     a SQLAlchemy URL or an :class:`AuditStore` (default: ``TETHER_STORE``, else
     ``.tether/tether.db``). ``mode`` overrides the policy's enforce/monitor mode.
     ``store_timeout``: the most seconds a decision waits on the store (a URL ``store`` only);
-    past it the call is denied.
+    past it the call is denied. ``telemetry`` is told about each finished decision: a
+    :class:`~tether.core.telemetry.Telemetry` exports them to OpenTelemetry (``True`` builds one
+    on the global providers; needs ``tether[otel]``).
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class Guard:
         approver: Approver | None = None,
         mode: Mode | str | None = None,
         store_timeout: float = DEFAULT_TIMEOUT,
+        telemetry: Observer | bool | None = None,
     ) -> None:
         self.policy = policy if isinstance(policy, CompiledPolicy) else load_policy(policy)
         self.mode = Mode(mode) if mode is not None else self.policy.mode
@@ -81,6 +87,22 @@ class Guard:
         self.gaps = Gaps()  # monitor mode: what the store failed to record, until it is back
         self._states: OrderedDict[str, SessionState] = OrderedDict()
         self._lock = threading.Lock()
+        if telemetry is True:
+            from .telemetry import Telemetry
+
+            telemetry = Telemetry()
+        self.telemetry: Observer | None = telemetry or None
+        self._telemetry_failed = False
+
+    def _observed(self, report: Any, *args: Any, **kwargs: Any) -> None:
+        """Tell telemetry about a finished decision. Its failure never reaches the decision:
+        the first is logged, every one is dropped."""
+        try:
+            report(*args, **kwargs)
+        except Exception:
+            if not self._telemetry_failed:
+                self._telemetry_failed = True
+                log.warning("Tether's telemetry failed; what it could not export is dropped", exc_info=True)
 
     def session(
         self,
@@ -190,13 +212,18 @@ class Session:
         decision: if Tether itself fails, the call is denied (unless in monitor mode).
         ``cautions`` are the caller's own findings about the call (see :mod:`tether.core.cautions`)."""
         call = ToolCall(self.agent, self.id, tool, args if args is not None else {}, call_id, caused_by)
+        telemetry = self.guard.telemetry
+        started = time.time_ns() if telemetry is not None else 0
         try:
-            return self._before_tool(call, cautions)
+            decision = self._before_tool(call, cautions)
         except StoreError as exc:  # the store is down: recording the failure would wait on it again
-            return self._unaudited(call, exc)
+            decision = self._unaudited(call, exc)
         except Exception as exc:
             log.exception("Tether failed while deciding on %s", tool)
-            return self._record_failure(call, f"Tether failed while deciding: {type(exc).__name__}: {exc}")
+            decision = self._record_failure(call, f"Tether failed while deciding: {type(exc).__name__}: {exc}")
+        if telemetry is not None:
+            self.guard._observed(telemetry.tool_decision, self, decision, started)
+        return decision
 
     def _before_tool(self, call: ToolCall, cautions: Sequence[Caution] = ()) -> Decision:
         for _ in range(_TRIES):
@@ -701,6 +728,8 @@ class Session:
         """Record a model request. Send the model ``result.messages`` only if ``result.allowed``:
         protections may rewrite plain-data messages (redacting what the agent may not see) or
         withhold them. The user's and system messages are trusted input for provenance."""
+        telemetry = self.guard.telemetry
+        started = time.time_ns() if telemetry is not None else 0
         key = self.guard.store.key
         parts = list(trusted_parts(messages))
         trusted = sorted(fingerprints(key, content_values(parts)))
@@ -720,8 +749,13 @@ class Session:
         self._plan_if_ready()
         withheld = next((h for h in held if h.verdict is Verdict.DENY), None)
         if withheld is not None and self.guard.mode is not Mode.MONITOR:
-            return ModelRequest(event_id, messages, allowed=False, reason=f"{withheld.rule_id}: {withheld.reason}")
-        return ModelRequest(event_id, sent)
+            result = ModelRequest(event_id, messages, allowed=False, reason=f"{withheld.rule_id}: {withheld.reason}")
+        else:
+            result = ModelRequest(event_id, sent)
+        if telemetry is not None:
+            rule_ids = list(dict.fromkeys(h.rule_id for h in held))
+            self.guard._observed(telemetry.model_request, self, result, started, rule_ids=rule_ids, modified=bool(held))
+        return result
 
     def after_model(
         self, response: Any, *, tool_calls: Sequence[Mapping[str, Any]] = (), parent: str | None = None
