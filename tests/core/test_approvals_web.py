@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tether.core import ApprovalQueue, AuditStore, Guard, QueueApprover
-from tether.core.approvals.web import ApprovalSite
+from tether.core.service.app import Site, approvals_app
+from tether.core.service.run import serving
 
 from ..support import require
 from .conftest import policy_with
@@ -19,6 +19,7 @@ from .test_approvals import in_background, pending_one
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = require("playwright.sync_api", "browser tests need the playwright package")
+require("fastapi", "the approval page needs tether[serve]")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="browser tests need Chromium (Debian: apt install chromium; or set CHROMIUM_PATH)"
 )
@@ -29,15 +30,12 @@ XSS = '<script>document.title="pwned"</script><img src=x onerror=alert(1)>'
 
 
 @pytest.fixture
-def site(tmp_path: Any) -> Iterator[tuple[ApprovalSite, str]]:
+def site(tmp_path: Any) -> Iterator[tuple[Site, str]]:
     store = AuditStore(f"sqlite:///{tmp_path}/a.db", key=b"k" * 32)
-    site = ApprovalSite(store, {ALICE: "alice", SHARED: None})
-    server = site.serve("127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield site, f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    app = approvals_app(store, {ALICE: "alice", SHARED: None})
+    with serving(app) as port:
+        yield app.state.site, f"http://127.0.0.1:{port}"
+    store.close()
 
 
 @pytest.fixture
