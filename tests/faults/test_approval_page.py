@@ -14,7 +14,8 @@ from urllib.parse import urlencode
 import pytest
 
 from tether.core import AuditStore
-from tether.core.approvals.web import ApprovalSite, Limits
+from tether.core.service.app import approvals_app
+from tether.core.service.run import Limits, serving
 
 TOKEN = "alice-personal-token-0123456789"
 WAIT = 10.0  # every read in these tests gives up after this long: a hung server fails, not hangs
@@ -24,12 +25,8 @@ LIMITS = Limits(idle=0.5, request=1.5, connections=3)
 @pytest.fixture
 def address(tmp_path: Path) -> Iterator[tuple[str, int]]:
     store = AuditStore(f"sqlite:///{tmp_path / 'a.db'}", key=b"k" * 32)
-    server = ApprovalSite(store, {TOKEN: "alice"}).serve("127.0.0.1", 0, limits=LIMITS)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield "127.0.0.1", server.server_port
-    server.shutdown()
-    server.server_close()
+    with serving(approvals_app(store, {TOKEN: "alice"}), limits=LIMITS) as port:
+        yield "127.0.0.1", port
     store.close()
 
 
@@ -81,21 +78,27 @@ def test_a_form_with_a_bad_length_is_refused_before_its_body_is_read(
     assert status(response) == expected
 
 
+HEAD = b"GET / HTTP/1.1\r\nHost: x\r\n"
+
+
 @pytest.mark.parametrize(
     ("request_bytes", "expected"),
     [
         (b"GARBAGE\r\n\r\n", 400),
         (b"GET / HTTP/9.9\r\n\r\n", 505),
-        (b"\xff\xfe\x00 / HTTP/1.1\r\n\r\n", 501),  # not a method it knows
+        (b"\xff\xfe\x00 / HTTP/1.1\r\n\r\n", 400),  # not a method token
         (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-A: " + b"a" * 70_000 + b"\r\n\r\n", 431),
-        (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n", 431),
-        (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"a" * 900) for i in range(60)) + b"\r\n", 431),
-        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n", 431),
+        (HEAD + b"".join(b"X-%d: %s\r\n" % (i, b"a" * 900) for i in range(60)) + b"\r\n", 431),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431),
     ],
     ids=["no-version", "bad-version", "binary", "long-header", "many-headers", "big-head", "long-path"],
 )
 def test_malformed_requests_are_refused(address: tuple[str, int], request_bytes: bytes, expected: int) -> None:
-    assert status(exchange(address, request_bytes)) == expected
+    got = status(exchange(address, request_bytes))
+    # A head over the limit is refused 431 once it is in, or 400 by the server's parser if it
+    # passes the limit while still arriving (the split depends on the network).
+    assert got == expected or (expected == 431 and got == 400)
 
 
 def test_an_idle_connection_is_closed(address: tuple[str, int]) -> None:
@@ -140,7 +143,7 @@ def test_connections_beyond_the_limit_are_turned_away_and_slots_come_back(addres
     try:
         for conn in held:  # each is being served (idle, waiting for its request)
             conn.sendall(b"GET /login HTTP/1.1\r\n")
-        assert status(exchange(address, b"GET /login HTTP/1.1\r\n\r\n")) == 503
+        assert status(exchange(address, b"GET /login HTTP/1.1\r\nHost: x\r\n\r\n")) == 503
     finally:
         for conn in held:
             conn.close()

@@ -624,9 +624,21 @@ def _answer(store: str | None, approval_id: str, **answer: Any) -> None:
     help="Sign-in token: NAME=TOKEN names its holder, a bare TOKEN is shared (people give their "
     "name). Repeatable; $TETHER_SERVE_TOKENS (space-separated). Default: a new shared token.",
 )
-def serve(store: str | None, host: str, port: int, tokens: tuple[str, ...]) -> None:
-    """Serve a web page to answer approval requests (sign-in required)."""
-    from .approvals.web import ApprovalSite
+@click.option(
+    "--policy",
+    "policy_path",
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="TETHER_POLICY",
+    help="Policy whose tool descriptions and effects the page shows (default: $TETHER_POLICY).",
+)
+def serve(store: str | None, host: str, port: int, tokens: tuple[str, ...], policy_path: str | None) -> None:
+    """Serve a web page to answer approval requests (sign-in required; needs tether[serve])."""
+    try:
+        from .service.app import approvals_app
+        from .service.run import listen
+        from .service.run import serve as run
+    except ImportError as exc:
+        raise click.ClickException(f"tether serve needs the serve extra: pip install 'tether[serve]' ({exc})") from None
 
     known: dict[str, str | None] = {}
     for given in tokens:
@@ -638,17 +650,19 @@ def serve(store: str | None, host: str, port: int, tokens: tuple[str, ...]) -> N
         shared = secrets.token_urlsafe(24)
         known[shared] = None
         click.echo(f"sign-in token (shared; people give their name): {shared}")
-    site = ApprovalSite(_open(store), known)
-    server = site.serve(host, port)
+    opened = _open(store)
+    app = approvals_app(opened, known, policy=load_policy(policy_path) if policy_path else None)
+    try:
+        sock = listen(host, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from None
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: listening on {host} without TLS; put the page behind a TLS proxy", err=True)
-    click.echo(f"approvals: http://{host}:{server.server_port}/  (store {site.store.location}); Ctrl-C stops")
+    click.echo(f"approvals: http://{host}:{sock.getsockname()[1]}/  (store {opened.location}); Ctrl-C stops")
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        run(app, sock)
     finally:
-        server.server_close()
+        sock.close()
 
 
 @main.command()
