@@ -226,6 +226,74 @@ def test_a_call_changed_while_paused_is_decided_again(guard: Guard, tools, ran) 
     assert "Tether denied the call to 'refund'" in model.tool_replies()["r1"]
 
 
+def _change_pending_call(graph, **change) -> None:
+    proposing = graph.get_state(THREAD).values["messages"][-1]
+    changed = {**proposing.tool_calls[0], **change}
+    graph.update_state(THREAD, {"messages": [proposing.model_copy(update={"tool_calls": [changed]})]}, as_node="agent")
+
+
+@pytest.mark.parametrize(("second_answer", "saver"), [("approve", "memory"), ("deny", "memory"), ("deny", "sqlite")])
+def test_an_answer_given_for_a_call_does_not_apply_to_it_once_changed(
+    guard: Guard, tools, ran, second_answer, saver
+) -> None:
+    """Approving a refund of 100, then changing the pending call to 200 (which still asks), must
+    pause again for 200: the approval was given for 100, and only an answer about 200 decides it."""
+    import sqlite3
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    checkpointer = (
+        InMemorySaver() if saver == "memory" else SqliteSaver(sqlite3.connect(":memory:", check_same_thread=False))
+    )
+    model = ScriptedModel(script=[calls(("refund", {"order": "A", "amount": 100}, "r1"))])
+    graph = state_graph(model, tools, Tether(guard, agent="support-bot"), checkpointer)
+    first = graph.invoke({"messages": [HumanMessage("refund")]}, THREAD)["__interrupt__"][0].value["requests"][0]
+    assert first["args"]["amount"] == 100
+
+    _change_pending_call(graph, args={"order": "A", "amount": 200})
+    again = graph.invoke(Command(resume="approve"), THREAD)
+    assert ran.calls == []  # the approval of 100 did not run 200
+    [request] = again["__interrupt__"][0].value["requests"]
+    assert (request["tool_call_id"], request["args"]["amount"]) == ("r1", 200)
+    assert request["decision_id"] != first["decision_id"]
+
+    graph.invoke(Command(resume=second_answer), THREAD)
+    if second_answer == "approve":
+        assert ran.calls == [("refund", {"order": "A", "amount": 200})]
+        assert model.tool_replies()["r1"] == "refunded 200 on A"
+    else:
+        assert ran.calls == []
+        assert "denied by langgraph-resume" in model.tool_replies()["r1"]
+    approvals = [e for e in guard.store.session_events("t-1") if e.kind == "approval"]
+    assert [(e.parent_id, e.verdict) for e in approvals] == [
+        (request["decision_id"], "allow" if second_answer == "approve" else "deny")
+    ]
+
+
+def test_a_pending_call_changed_to_another_tool_is_decided_and_asked_again(store, tools, ran) -> None:
+    import copy
+
+    from .conftest import POLICY
+
+    policy = copy.deepcopy(POLICY)
+    policy["agents"]["support-bot"]["tools"]["send_email"] = {"ask": "true"}
+    guard = Guard(policy, store=store)
+    model = ScriptedModel(script=[calls(("refund", {"order": "A", "amount": 100}, "r1"))])
+    graph = state_graph(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
+    graph.invoke({"messages": [HumanMessage("refund")]}, THREAD)
+
+    _change_pending_call(graph, name="send_email", args={"to": "x@evil.example", "body": "hi"})
+    again = graph.invoke(Command(resume="approve"), THREAD)
+    assert ran.calls == []
+    [request] = again["__interrupt__"][0].value["requests"]
+    assert request["tool"] == "send_email" and request["args"]["to"].endswith("@evil.example")
+    decisions = [(e.tool, e.verdict) for e in guard.store.session_events("t-1") if e.kind == "tool.decision"]
+    assert decisions == [("refund", "ask"), ("send_email", "ask")]
+
+    graph.invoke(Command(resume="deny"), THREAD)
+    assert ran.calls == []
+
+
 def test_a_tool_error_turned_into_a_message_is_audited_as_an_error(guard: Guard, ran) -> None:
     from langchain_core.tools import tool
     from langgraph.prebuilt import ToolNode
