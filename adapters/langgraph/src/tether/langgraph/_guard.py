@@ -158,7 +158,9 @@ class Tether:
         decision = self._decide(session, call, config, request.state)
         if not decision.allowed:
             return refusal_message(decision, request.tool_call.get("id"), request.tool_call.get("name"))
-        gate = _waist.Gate(request.tool_call.get("name"), request.tool_call.get("id"), session, decision)
+        gate = _waist.Gate(
+            request.tool_call.get("name"), request.tool_call.get("id"), session, decision, self.messages_key
+        )
         token = _waist.open_gate(gate)
         try:
             result = execute(_with_args(request, decision))
@@ -168,7 +170,7 @@ class Tether:
             raise
         finally:
             _waist.close_gate(token)
-        return result if gate.reached else after(session, decision, result)  # the tool never started
+        return result if gate.reached else after(session, decision, result, self.messages_key)  # the tool never started
 
     async def awrap_tool_call(self, request: Any, execute: AExecute) -> ToolMessage | Command[Any]:
         """The async twin of :meth:`wrap_tool_call` (``ainvoke``/``astream``)."""
@@ -178,7 +180,9 @@ class Tether:
         decision = await asyncio.to_thread(self._decide, session, call, config, request.state)  # off the loop
         if not decision.allowed:
             return refusal_message(decision, request.tool_call.get("id"), request.tool_call.get("name"))
-        gate = _waist.Gate(request.tool_call.get("name"), request.tool_call.get("id"), session, decision)
+        gate = _waist.Gate(
+            request.tool_call.get("name"), request.tool_call.get("id"), session, decision, self.messages_key
+        )
         token = _waist.open_gate(gate)
         try:
             result = await execute(_with_args(request, decision))
@@ -188,7 +192,7 @@ class Tether:
             raise
         finally:
             _waist.close_gate(token)
-        return result if gate.reached else await asyncio.to_thread(after, session, decision, result)
+        return result if gate.reached else await asyncio.to_thread(after, session, decision, result, self.messages_key)
 
     def _call_of(self, request: Any) -> dict[str, Any]:
         call = request.tool_call
@@ -251,7 +255,7 @@ class Tether:
             return _Skip()
         if not decision.allowed:
             return refusal_message(decision, call_id, tool.name) if call_id else decision.refusal()
-        return _waist.Gate(tool.name, call_id, session, decision)
+        return _waist.Gate(tool.name, call_id, session, decision, self.messages_key)
 
     # -- deciding ----------------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ class Gate:
     call_id: str | None
     session: Session
     decision: Decision
+    messages_key: str = "messages"  # where a Command's update carries the messages (ToolNode's messages_key)
     reached: bool = False  # set once the tool's run starts: the waist records the result
 
 
@@ -220,7 +221,7 @@ def _governed_body(original: Callable[..., Any], tool: Any, tool_input: Any, arg
         raise
     finally:
         _gate.reset(token)
-    return after(gate.session, gate.decision, output)
+    return after(gate.session, gate.decision, output, gate.messages_key)
 
 
 async def _agoverned_body(
@@ -234,7 +235,7 @@ async def _agoverned_body(
         raise
     finally:
         _gate.reset(token)
-    return await asyncio.to_thread(after, gate.session, gate.decision, output)
+    return await asyncio.to_thread(after, gate.session, gate.decision, output, gate.messages_key)
 
 
 def run_decided(original: Callable[..., Any], tool: Any, tool_input: Any, args: Any, kwargs: Any, gate: Gate) -> Any:
