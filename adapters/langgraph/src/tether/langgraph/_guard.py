@@ -276,16 +276,23 @@ class _Skip:
     """Tether failed in monitor mode: the call runs as if Tether were not there."""
 
 
+#: the server part of the name of an MCP tool whose server's name cannot be found
+#: (``load_mcp_tools(session)`` without ``server_name``): ``mcp/<tool>``
+UNNAMED_MCP_SERVER = "mcp"
+
+
 def policy_name(tool: Any) -> str:
     """The name a policy gives a LangChain tool: its own name, or ``server/tool`` for a tool that
-    ``langchain-mcp-adapters`` loaded from an MCP server it knows the name of."""
+    ``langchain-mcp-adapters`` loaded from an MCP server (``mcp/tool`` when it was loaded without
+    a server name: an MCP tool never passes for a native one, and its output is untrusted)."""
     coroutine = getattr(tool, "coroutine", None)
-    if getattr(coroutine, "__module__", None) != "langchain_mcp_adapters.tools":
+    if not str(getattr(coroutine, "__module__", None) or "").startswith("langchain_mcp_adapters."):
         return str(tool.name)
-    cells = dict(zip(coroutine.__code__.co_freevars, coroutine.__closure__ or (), strict=False))
+    code = getattr(coroutine, "__code__", None)
+    cells = dict(zip(getattr(code, "co_freevars", ()), getattr(coroutine, "__closure__", None) or (), strict=False))
     server = _cell(cells.get("server_name"))
     served = getattr(_cell(cells.get("tool")), "name", None) or tool.name
-    return mcp_tool(str(server), str(served)) if server else str(tool.name)
+    return mcp_tool(str(server) if server else UNNAMED_MCP_SERVER, str(served))
 
 
 def _cell(cell: Any) -> Any:
