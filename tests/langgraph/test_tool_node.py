@@ -93,13 +93,40 @@ def test_unknown_tool_and_bad_arguments(guard: Guard, tools, ran) -> None:
     assert len(results) == 1 and results[0].tool == "lookup"
 
 
-def test_without_thread_id_runs_in_one_session_of_its_own(guard: Guard, tools, ran, caplog) -> None:
-    model = ScriptedModel(script=[calls(("lookup", {"ticket": "1"}, "c1"))])
+def test_without_thread_id_each_run_is_a_session_of_its_own(store, tools, ran, caplog) -> None:
+    """Two invocations without a thread_id (two users, say) are two sessions: neither shares the
+    other's taint or limits, and a value one read is withheld from the other as between threads."""
+    from .conftest import POLICY
+
+    guard = Guard({**POLICY, "protections": {"cross_session": "redact"}}, store=store)
     t = Tether(guard, agent="support-bot")
-    state_graph(model, tools, t).invoke({"messages": [HumanMessage("x")]})
+    first = ScriptedModel(script=[calls(("lookup", {"ticket": "1"}, "c1"))])
+    state_graph(first, tools, t).invoke({"messages": [HumanMessage("x")]})
     assert ran.count("lookup") == 1
     assert "no thread_id" in caplog.text
-    assert guard.store.session_events(t.session_for({}).id)
+    second = ScriptedModel(script=[])
+    state_graph(second, tools, t).invoke({"messages": [HumanMessage("what did jane@example.com want?")]})
+
+    sessions = {e.session_id for e in store.events() if e.kind != "session.start"}
+    assert len(sessions) == 2  # one per invocation
+    assert t.session_for({}).id not in sessions  # not the fallback of calls made outside any graph
+    assert "jane@example.com" not in " ".join(str(m.content) for m in second.seen[0])
+
+
+def test_a_run_without_thread_id_shares_its_session_with_its_subgraphs(guard: Guard, tools, ran) -> None:
+    from langgraph.graph import START, MessagesState, StateGraph
+
+    model = ScriptedModel(script=[calls(("lookup", {"ticket": "1"}, "c1")), calls(("lookup", {"ticket": "2"}, "c2"))])
+    inner = state_graph(model, tools, Tether(guard, agent="support-bot"))
+    outer = StateGraph(MessagesState)
+    outer.add_node("first", inner)
+    outer.add_node("second", lambda state: inner.invoke(state))  # a graph invoked from a node
+    outer.add_edge(START, "first")
+    outer.add_edge("first", "second")
+    outer.compile().invoke({"messages": [HumanMessage("x")]})
+    assert ran.count("lookup") == 2
+    results = [e.session_id for e in guard.store.events() if e.kind == "tool.result"]
+    assert len(results) == 2 and len(set(results)) == 1
 
 
 def test_breakpoint_shows_arguments_redacted(guard: Guard, tools, ran) -> None:

@@ -101,13 +101,16 @@ class Tether:
         user = self.user or conf.get("tether_user") or conf.get("user_id")
         tenant = self.tenant or conf.get("tether_tenant") or conf.get("tenant_id")
         if session_id is None:
-            session_id = self._fallback_session
+            # a graph run without a thread has a session of its own; a call outside any graph, the fallback
+            session_id = conf.get(_waist.RUN_SESSION) or self._fallback_session
             if not self._warned:
                 self._warned = True
                 log.warning(
-                    "no thread_id in the run's config: Tether records this run in session %s; pass "
+                    "no thread_id in the run's config: Tether records each such graph run in a session of "
+                    "its own (this one: %s), and calls made outside any graph in session %s; pass "
                     "config={'configurable': {'thread_id': ...}} to give each conversation its own session",
                     session_id,
+                    self._fallback_session,
                 )
         key = (str(agent), str(session_id), node, str(user or ""), str(tenant or ""))
         with self._lock:
