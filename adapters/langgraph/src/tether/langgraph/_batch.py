@@ -98,12 +98,12 @@ def _ask_afresh(value: Any) -> Any:
     config = var_child_runnable_config.get() or {}
     conf = config.get("configurable") or {}
     scratchpad = conf.get(_SCRATCHPAD)
-    try:
-        blind = dataclasses.replace(scratchpad, get_null_resume=_no_resume)
-    except TypeError as exc:  # another LangGraph version: never apply an answer to a call it was not given for
+    if not (dataclasses.is_dataclass(scratchpad) and hasattr(scratchpad, "get_null_resume")):
+        # another LangGraph version: never apply an answer to a call it was not given for
         raise BreakpointError(
             "Tether cannot pause again for a call changed while the graph was paused on this LangGraph version"
-        ) from exc
+        )
+    blind = dataclasses.replace(scratchpad, get_null_resume=_no_resume)  # type: ignore[type-var]
     token = var_child_runnable_config.set({**config, "configurable": {**conf, _SCRATCHPAD: blind}})
     try:
         return interrupt(value)

@@ -48,20 +48,20 @@ def _after_command(session: Session, decision: Decision, command: Command[Any], 
     if not isinstance(update, Mapping):  # none, (key, value) pairs or a state object: not rewritten in place
         shown = session.after_tool(decision, update)
         return command if shown is update else _refused(decision, shown)
-    messages = update.get(key)
-    listed = isinstance(messages, Sequence) and not isinstance(messages, str)
+    found = update.get(key)
+    messages = list(found) if isinstance(found, Sequence) and not isinstance(found, str) else None
     sent = dict(update)
-    if listed:
+    if messages is not None:
         sent[key] = [m.content if isinstance(m, BaseMessage) else m for m in messages]
     shown = session.after_tool(decision, sent)
     if shown is sent:
         return command
-    if listed and set(update) == {key} and not isinstance(shown, Mapping):  # withheld as a whole
+    if messages is not None and set(update) == {key} and not isinstance(shown, Mapping):  # withheld as a whole
         shown = {key: [shown] * len(messages)}
     if not (isinstance(shown, Mapping) and set(shown) == set(sent)):
         return _refused(decision, shown)
     rewritten = dict(shown)
-    if listed:
+    if messages is not None:
         now = shown[key]
         if not isinstance(now, list) or len(now) != len(messages):
             return _refused(decision, shown)
