@@ -297,6 +297,23 @@ def test_an_answer_given_for_a_call_does_not_apply_to_it_once_changed(
     ]
 
 
+def test_a_changed_call_pauses_again_in_create_agent(guard: Guard, tools, ran) -> None:
+    from .graphs import agent
+
+    model = ScriptedModel(script=[calls(("refund", {"order": "A", "amount": 100}, "r1"))])
+    graph = agent(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
+    graph.invoke({"messages": [HumanMessage("refund")]}, THREAD)
+    proposing = graph.get_state(THREAD).values["messages"][-1]
+    changed = {**proposing.tool_calls[0], "args": {"order": "A", "amount": 200}}
+    graph.update_state(THREAD, {"messages": [proposing.model_copy(update={"tool_calls": [changed]})]}, as_node="model")
+    again = graph.invoke(Command(resume="approve"), THREAD)
+    assert ran.calls == []
+    assert again["__interrupt__"][0].value["requests"][0]["args"]["amount"] == 200
+    graph.invoke(Command(resume="deny"), THREAD)
+    assert ran.calls == []
+    assert "denied by langgraph-resume" in model.tool_replies()["r1"]
+
+
 def test_a_pending_call_changed_to_another_tool_is_decided_and_asked_again(store, tools, ran) -> None:
     import copy
 
