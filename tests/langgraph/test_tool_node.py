@@ -395,3 +395,20 @@ def test_sessions_without_a_tenant_are_isolated_by_default(store, tools, ran) ->
         {"messages": [HumanMessage("what did jane@example.com want?")]}, {"configurable": {"thread_id": "b"}}
     )
     assert "jane@example.com" not in " ".join(str(m.content) for m in second.seen[0])
+
+
+@pytest.mark.parametrize("keyed_by", ["interrupt_id", "tool_call_id"])
+def test_an_answer_keyed_to_the_old_breakpoint_does_not_apply_to_the_changed_call(
+    guard: Guard, tools, ran, keyed_by
+) -> None:
+    """An answer addressed to the first breakpoint (by its interrupt id, or to the call by its
+    tool_call_id) was given for 100: after update_state changed the call to 200, it pauses again."""
+    model = ScriptedModel(script=[calls(("refund", {"order": "A", "amount": 100}, "r1"))])
+    graph = state_graph(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
+    [pause] = graph.invoke({"messages": [HumanMessage("refund")]}, THREAD)["__interrupt__"]
+    _change_pending_call(graph, args={"order": "A", "amount": 200})
+    answer = {pause.id: "approve"} if keyed_by == "interrupt_id" else {"r1": "approve"}
+    again = graph.invoke(Command(resume=answer), THREAD)
+    assert ran.calls == []  # the approval of 100 did not run 200
+    [request] = again["__interrupt__"][0].value["requests"]
+    assert request["args"]["amount"] == 200
