@@ -1,5 +1,6 @@
 """Tools loaded from a real MCP server (tests/conformance/mcp_server.py, over stdio) through
-langchain-mcp-adapters, governed like native tools under their server's name: helpdesk/<tool>."""
+langchain-mcp-adapters, governed like native tools under their server's name: helpdesk/<tool>
+(mcp/<tool> when loaded without one)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ pytest.importorskip("langchain_mcp_adapters", reason="needs langchain-mcp-adapte
 SERVER = mcp_server.NAME
 
 
-def policy() -> dict[str, Any]:
+def policy(server: str = SERVER) -> dict[str, Any]:
     def name(tool: str) -> str:
-        return f"{SERVER}/{tool}"
+        return f"{server}/{tool}"
 
     return {
         "version": 1,
@@ -104,3 +105,42 @@ def test_mcp_tools_are_governed_under_their_servers_name(tmp_path: Path, store: 
     assert CUSTOMER_EMAIL not in replies["c3"] and CARD not in replies["c3"] and "charged twice" in replies["c3"]
     [ticket] = [e for e in events if e.kind == "tool.result" and e.tool == "helpdesk/read_ticket"]
     assert ticket.details["untrusted"] is True
+
+
+def test_mcp_tools_loaded_without_a_server_name_are_mcp_tools_with_untrusted_output(
+    tmp_path: Path, store: AuditStore
+) -> None:
+    """``load_mcp_tools(session)`` gives its tools no server name: they are named ``mcp/<tool>``,
+    so they never take a native tool's grants and their output is untrusted like any MCP tool's."""
+    from langchain_mcp_adapters.tools import load_mcp_tools
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    log = tmp_path / "mcp.log"
+    model = CountingModel(
+        script=[
+            calls(("read_ticket", {"ticket_id": "7"}, "c1")),
+            calls(("send_email", {"to": "ops@partner.example", "body": "ticket 7"}, "c2")),
+        ]
+    )
+    guard = Guard(policy("mcp"), store=store)  # the name tools of no known server go by
+    env = {**os.environ, "TETHER_TEST_MCP_LOG": str(log)}
+    server = StdioServerParameters(command=sys.executable, args=[mcp_server.SCRIPT], env=env)
+
+    async def run() -> None:
+        async with stdio_client(server) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            tools = await load_mcp_tools(session)
+            assert "read_ticket" in {t.name for t in tools}  # the model sees the plain name
+            graph = state_graph(model, tools, Tether(guard, agent="support-bot"))
+            await graph.ainvoke({"messages": [HumanMessage("help")]}, {"configurable": {"thread_id": "m-1"}})
+
+    asyncio.run(asyncio.wait_for(run(), timeout=120))
+
+    assert [tool for tool, _ in mcp_server.ran(log)] == ["read_ticket"]
+    events = store.session_events("m-1")
+    decisions = {e.tool: e.verdict for e in events if e.kind == "tool.decision"}
+    assert decisions == {"mcp/read_ticket": "allow", "mcp/send_email": "deny"}  # tainted by the ticket
+    [ticket] = [e for e in events if e.kind == "tool.result"]
+    assert ticket.details["untrusted"] is True
+    assert "no mail after untrusted content" in model.tool_replies()["c2"]

@@ -109,3 +109,75 @@ def test_the_system_message_is_recorded_screened_and_trusted(store, tools, ran) 
     shown = " ".join(str(m.content) for m in model.seen[0])
     assert "on-call engineer" in shown and "jane@example.com" not in shown  # the model got what Tether allows
     assert request.details["values"]  # and its values are trusted input for provenance
+
+
+def _graph_with_state(model: Any, lookup: Any, tether: Tether, messages_key: str = "messages") -> Any:
+    """model -> tools -> model over a state with its messages under ``messages_key`` and a note."""
+    from typing import TypedDict
+
+    from langgraph.graph import START, StateGraph
+    from langgraph.graph.message import add_messages
+    from langgraph.prebuilt import ToolNode, tools_condition
+
+    State = TypedDict("State", {messages_key: Annotated[list, add_messages], "note": str})  # type: ignore[misc]
+    builder = StateGraph(State)
+    builder.add_node("agent", lambda state: {messages_key: [model.invoke(state[messages_key])]})
+    builder.add_node("tools", ToolNode([lookup], messages_key=messages_key, wrap_tool_call=tether.wrap_tool_call))
+    builder.add_edge(START, "agent")
+    builder.add_conditional_edges("agent", lambda s: tools_condition(s, messages_key=messages_key))
+    builder.add_edge("tools", "agent")
+    return builder.compile()
+
+
+def test_a_command_result_under_a_custom_messages_key_is_redacted_in_the_state(store, ran) -> None:
+    @tool
+    def lookup(ticket: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> Command:
+        """Read a ticket."""
+        ran.calls.append(("lookup", {"ticket": ticket}))
+        return Command(update={"chat": [ToolMessage(f"ticket {ticket}: card {CARD}", tool_call_id=tool_call_id)]})
+
+    guard = Guard(policy(clearance="redact"), store=store)
+    model = ScriptedModel(script=[calls(("lookup", {"ticket": "1"}, "c1"))])
+    graph = _graph_with_state(model, lookup, Tether(guard, agent="support-bot", messages_key="chat"), "chat")
+    final = graph.invoke({"chat": [HumanMessage("x")]}, {"configurable": {"thread_id": "p-1"}})
+    assert ran.count("lookup") == 1
+    [reply] = [m.content for m in final["chat"] if isinstance(m, ToolMessage)]  # in the state, not only as sent
+    assert CARD not in reply and reply.startswith("ticket 1: card ")
+
+
+def noting_tool(ran: Any) -> Any:
+    """A tool whose Command writes a card number and an e-mail to the state outside its messages."""
+
+    @tool
+    def lookup(ticket: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> Command:
+        """Read a ticket."""
+        ran.calls.append(("lookup", {"ticket": ticket}))
+        return Command(
+            update={
+                "messages": [ToolMessage(f"ticket {ticket} noted", tool_call_id=tool_call_id)],
+                "note": f"ticket {ticket}: card {CARD}, write to jane@example.com",
+            }
+        )
+
+    return lookup
+
+
+def test_what_a_command_writes_outside_its_messages_is_redacted(store, ran) -> None:
+    guard = Guard(policy(clearance="redact"), store=store)
+    model = ScriptedModel(script=[calls(("lookup", {"ticket": "1"}, "c1"))])
+    graph = _graph_with_state(model, noting_tool(ran), Tether(guard, agent="support-bot"))
+    final = graph.invoke({"messages": [HumanMessage("x")], "note": ""}, {"configurable": {"thread_id": "p-1"}})
+    assert ran.count("lookup") == 1
+    assert CARD not in final["note"] and "jane@example.com" not in final["note"]
+    assert final["note"].startswith("ticket 1: card ")  # the rest of the note is kept
+    assert model.tool_replies()["c1"] == "ticket 1 noted"
+
+
+def test_a_command_withheld_as_a_whole_writes_nothing_to_the_state(store, ran) -> None:
+    guard = Guard(policy(clearance="deny"), store=store)
+    model = ScriptedModel(script=[calls(("lookup", {"ticket": "1"}, "c1"))])
+    graph = _graph_with_state(model, noting_tool(ran), Tether(guard, agent="support-bot"))
+    final = graph.invoke({"messages": [HumanMessage("x")], "note": ""}, {"configurable": {"thread_id": "p-1"}})
+    assert ran.count("lookup") == 1
+    assert final["note"] == ""  # nothing of the update was applied
+    assert "withheld by Tether" in model.tool_replies()["c1"]

@@ -93,13 +93,40 @@ def test_unknown_tool_and_bad_arguments(guard: Guard, tools, ran) -> None:
     assert len(results) == 1 and results[0].tool == "lookup"
 
 
-def test_without_thread_id_runs_in_one_session_of_its_own(guard: Guard, tools, ran, caplog) -> None:
-    model = ScriptedModel(script=[calls(("lookup", {"ticket": "1"}, "c1"))])
+def test_without_thread_id_each_run_is_a_session_of_its_own(store, tools, ran, caplog) -> None:
+    """Two invocations without a thread_id (two users, say) are two sessions: neither shares the
+    other's taint or limits, and a value one read is withheld from the other as between threads."""
+    from .conftest import POLICY
+
+    guard = Guard({**POLICY, "protections": {"cross_session": "redact"}}, store=store)
     t = Tether(guard, agent="support-bot")
-    state_graph(model, tools, t).invoke({"messages": [HumanMessage("x")]})
+    first = ScriptedModel(script=[calls(("lookup", {"ticket": "1"}, "c1"))])
+    state_graph(first, tools, t).invoke({"messages": [HumanMessage("x")]})
     assert ran.count("lookup") == 1
     assert "no thread_id" in caplog.text
-    assert guard.store.session_events(t.session_for({}).id)
+    second = ScriptedModel(script=[])
+    state_graph(second, tools, t).invoke({"messages": [HumanMessage("what did jane@example.com want?")]})
+
+    sessions = {e.session_id for e in store.events() if e.kind != "session.start"}
+    assert len(sessions) == 2  # one per invocation
+    assert t.session_for({}).id not in sessions  # not the fallback of calls made outside any graph
+    assert "jane@example.com" not in " ".join(str(m.content) for m in second.seen[0])
+
+
+def test_a_run_without_thread_id_shares_its_session_with_its_subgraphs(guard: Guard, tools, ran) -> None:
+    from langgraph.graph import START, MessagesState, StateGraph
+
+    model = ScriptedModel(script=[calls(("lookup", {"ticket": "1"}, "c1")), calls(("lookup", {"ticket": "2"}, "c2"))])
+    inner = state_graph(model, tools, Tether(guard, agent="support-bot"))
+    outer = StateGraph(MessagesState)
+    outer.add_node("first", inner)
+    outer.add_node("second", lambda state: inner.invoke(state))  # a graph invoked from a node
+    outer.add_edge(START, "first")
+    outer.add_edge("first", "second")
+    outer.compile().invoke({"messages": [HumanMessage("x")]})
+    assert ran.count("lookup") == 2
+    results = [e.session_id for e in guard.store.events() if e.kind == "tool.result"]
+    assert len(results) == 2 and len(set(results)) == 1
 
 
 def test_breakpoint_shows_arguments_redacted(guard: Guard, tools, ran) -> None:
@@ -226,6 +253,91 @@ def test_a_call_changed_while_paused_is_decided_again(guard: Guard, tools, ran) 
     assert "Tether denied the call to 'refund'" in model.tool_replies()["r1"]
 
 
+def _change_pending_call(graph, **change) -> None:
+    proposing = graph.get_state(THREAD).values["messages"][-1]
+    changed = {**proposing.tool_calls[0], **change}
+    graph.update_state(THREAD, {"messages": [proposing.model_copy(update={"tool_calls": [changed]})]}, as_node="agent")
+
+
+@pytest.mark.parametrize(("second_answer", "saver"), [("approve", "memory"), ("deny", "memory"), ("deny", "sqlite")])
+def test_an_answer_given_for_a_call_does_not_apply_to_it_once_changed(
+    guard: Guard, tools, ran, second_answer, saver
+) -> None:
+    """Approving a refund of 100, then changing the pending call to 200 (which still asks), must
+    pause again for 200: the approval was given for 100, and only an answer about 200 decides it."""
+    import sqlite3
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    checkpointer = (
+        InMemorySaver() if saver == "memory" else SqliteSaver(sqlite3.connect(":memory:", check_same_thread=False))
+    )
+    model = ScriptedModel(script=[calls(("refund", {"order": "A", "amount": 100}, "r1"))])
+    graph = state_graph(model, tools, Tether(guard, agent="support-bot"), checkpointer)
+    first = graph.invoke({"messages": [HumanMessage("refund")]}, THREAD)["__interrupt__"][0].value["requests"][0]
+    assert first["args"]["amount"] == 100
+
+    _change_pending_call(graph, args={"order": "A", "amount": 200})
+    again = graph.invoke(Command(resume="approve"), THREAD)
+    assert ran.calls == []  # the approval of 100 did not run 200
+    [request] = again["__interrupt__"][0].value["requests"]
+    assert (request["tool_call_id"], request["args"]["amount"]) == ("r1", 200)
+    assert request["decision_id"] != first["decision_id"]
+
+    graph.invoke(Command(resume=second_answer), THREAD)
+    if second_answer == "approve":
+        assert ran.calls == [("refund", {"order": "A", "amount": 200})]
+        assert model.tool_replies()["r1"] == "refunded 200 on A"
+    else:
+        assert ran.calls == []
+        assert "denied by langgraph-resume" in model.tool_replies()["r1"]
+    approvals = [e for e in guard.store.session_events("t-1") if e.kind == "approval"]
+    assert [(e.parent_id, e.verdict) for e in approvals] == [
+        (request["decision_id"], "allow" if second_answer == "approve" else "deny")
+    ]
+
+
+def test_a_changed_call_pauses_again_in_create_agent(guard: Guard, tools, ran) -> None:
+    from .graphs import agent
+
+    model = ScriptedModel(script=[calls(("refund", {"order": "A", "amount": 100}, "r1"))])
+    graph = agent(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
+    graph.invoke({"messages": [HumanMessage("refund")]}, THREAD)
+    proposing = graph.get_state(THREAD).values["messages"][-1]
+    changed = {**proposing.tool_calls[0], "args": {"order": "A", "amount": 200}}
+    graph.update_state(THREAD, {"messages": [proposing.model_copy(update={"tool_calls": [changed]})]}, as_node="model")
+    again = graph.invoke(Command(resume="approve"), THREAD)
+    assert ran.calls == []
+    assert again["__interrupt__"][0].value["requests"][0]["args"]["amount"] == 200
+    graph.invoke(Command(resume="deny"), THREAD)
+    assert ran.calls == []
+    assert "denied by langgraph-resume" in model.tool_replies()["r1"]
+
+
+def test_a_pending_call_changed_to_another_tool_is_decided_and_asked_again(store, tools, ran) -> None:
+    import copy
+
+    from .conftest import POLICY
+
+    policy = copy.deepcopy(POLICY)
+    policy["agents"]["support-bot"]["tools"]["send_email"] = {"ask": "true"}
+    guard = Guard(policy, store=store)
+    model = ScriptedModel(script=[calls(("refund", {"order": "A", "amount": 100}, "r1"))])
+    graph = state_graph(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
+    graph.invoke({"messages": [HumanMessage("refund")]}, THREAD)
+
+    _change_pending_call(graph, name="send_email", args={"to": "x@evil.example", "body": "hi"})
+    again = graph.invoke(Command(resume="approve"), THREAD)
+    assert ran.calls == []
+    [request] = again["__interrupt__"][0].value["requests"]
+    assert request["tool"] == "send_email" and request["args"]["to"].endswith("@evil.example")
+    decisions = [(e.tool, e.verdict) for e in guard.store.session_events("t-1") if e.kind == "tool.decision"]
+    assert decisions == [("refund", "ask"), ("send_email", "ask")]
+
+    graph.invoke(Command(resume="deny"), THREAD)
+    assert ran.calls == []
+
+
 def test_a_tool_error_turned_into_a_message_is_audited_as_an_error(guard: Guard, ran) -> None:
     from langchain_core.tools import tool
     from langgraph.prebuilt import ToolNode
@@ -283,3 +395,20 @@ def test_sessions_without_a_tenant_are_isolated_by_default(store, tools, ran) ->
         {"messages": [HumanMessage("what did jane@example.com want?")]}, {"configurable": {"thread_id": "b"}}
     )
     assert "jane@example.com" not in " ".join(str(m.content) for m in second.seen[0])
+
+
+@pytest.mark.parametrize("keyed_by", ["interrupt_id", "tool_call_id"])
+def test_an_answer_keyed_to_the_old_breakpoint_does_not_apply_to_the_changed_call(
+    guard: Guard, tools, ran, keyed_by
+) -> None:
+    """An answer addressed to the first breakpoint (by its interrupt id, or to the call by its
+    tool_call_id) was given for 100: after update_state changed the call to 200, it pauses again."""
+    model = ScriptedModel(script=[calls(("refund", {"order": "A", "amount": 100}, "r1"))])
+    graph = state_graph(model, tools, Tether(guard, agent="support-bot"), InMemorySaver())
+    [pause] = graph.invoke({"messages": [HumanMessage("refund")]}, THREAD)["__interrupt__"]
+    _change_pending_call(graph, args={"order": "A", "amount": 200})
+    answer = {pause.id: "approve"} if keyed_by == "interrupt_id" else {"r1": "approve"}
+    again = graph.invoke(Command(resume=answer), THREAD)
+    assert ran.calls == []  # the approval of 100 did not run 200
+    [request] = again["__interrupt__"][0].value["requests"]
+    assert request["args"]["amount"] == 200

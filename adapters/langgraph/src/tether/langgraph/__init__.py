@@ -10,6 +10,6 @@ graph.invoke(inputs, {"callbacks": [t.callback_handler()], "configurable": {"thr
 
 from ._answers import pending, resume
 from ._batch import BreakpointError
-from ._guard import Tether
+from ._guard import UNNAMED_MCP_SERVER, Tether
 
-__all__ = ["BreakpointError", "Tether", "pending", "resume"]
+__all__ = ["UNNAMED_MCP_SERVER", "BreakpointError", "Tether", "pending", "resume"]

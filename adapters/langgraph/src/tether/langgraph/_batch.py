@@ -3,11 +3,13 @@ and settled on resume with the decisions recorded before the pause."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from langchain_core.messages import AIMessage
+from langchain_core.runnables.config import var_child_runnable_config
 
 from langgraph.types import interrupt
 from tether.core import Decision, Enforcement, Session, TetherError, ToolCall, UnsupportedValueError, Verdict
@@ -61,9 +63,13 @@ class Batch:
         return found
 
     def _decide_all(self, session: Session, decide_one: DecideOne) -> dict[str, Decision]:
-        earlier = earlier_decisions(session, self.calls) if _resuming(self.scratchpad) else {}
+        resuming = _resuming(self.scratchpad)
+        earlier = earlier_decisions(session, self.calls) if resuming else {}
         decisions = {_key(c): earlier.get(_key(c)) or decide_one(session, c) for c in self.calls}
         pending = [d for d in decisions.values() if d.needs_approval]
+        # a call decided just now was never shown to anyone: the resume value was given for
+        # another breakpoint (the calls as they were before update_state changed them)
+        unseen = resuming and any(d.event_id not in {e.event_id for e in earlier.values()} for d in pending)
         if not pending:
             return decisions
         conf = self.config.get("configurable") or {}
@@ -73,7 +79,7 @@ class Batch:
                 "graph cannot pause: compile it with a checkpointer (e.g. graph.compile(checkpointer=InMemorySaver()) "
                 "or SqliteSaver) and pass a thread_id, or use Tether(guard, approvals='queue') with an approver"
             )
-        value = interrupt(payload(session, pending))
+        value = _ask_afresh(payload(session, pending)) if unseen else interrupt(payload(session, pending))
         for position, decision in enumerate(pending):
             try:
                 answer = answer_for(value, decision, position)
@@ -84,6 +90,29 @@ class Batch:
                 session.settle(decision, answer, unanswered=why)
             )
         return decisions
+
+
+def _ask_afresh(value: Any) -> Any:
+    """``interrupt(value)`` that takes no resume value given to the thread for another breakpoint:
+    the graph pauses with this one, and the next resume answers it."""
+    config = var_child_runnable_config.get() or {}
+    conf = config.get("configurable") or {}
+    scratchpad = conf.get(_SCRATCHPAD)
+    if not (dataclasses.is_dataclass(scratchpad) and hasattr(scratchpad, "get_null_resume")):
+        # another LangGraph version: never apply an answer to a call it was not given for
+        raise BreakpointError(
+            "Tether cannot pause again for a call changed while the graph was paused on this LangGraph version"
+        )
+    blind = dataclasses.replace(scratchpad, get_null_resume=_no_resume)  # type: ignore[type-var]
+    token = var_child_runnable_config.set({**config, "configurable": {**conf, _SCRATCHPAD: blind}})
+    try:
+        return interrupt(value)
+    finally:
+        var_child_runnable_config.reset(token)
+
+
+def _no_resume(consume: bool = False) -> None:
+    return None
 
 
 def _key(call: Mapping[str, Any]) -> str:

@@ -101,13 +101,16 @@ class Tether:
         user = self.user or conf.get("tether_user") or conf.get("user_id")
         tenant = self.tenant or conf.get("tether_tenant") or conf.get("tenant_id")
         if session_id is None:
-            session_id = self._fallback_session
+            # a graph run without a thread has a session of its own; a call outside any graph, the fallback
+            session_id = conf.get(_waist.RUN_SESSION) or self._fallback_session
             if not self._warned:
                 self._warned = True
                 log.warning(
-                    "no thread_id in the run's config: Tether records this run in session %s; pass "
+                    "no thread_id in the run's config: Tether records each such graph run in a session of "
+                    "its own (this one: %s), and calls made outside any graph in session %s; pass "
                     "config={'configurable': {'thread_id': ...}} to give each conversation its own session",
                     session_id,
+                    self._fallback_session,
                 )
         key = (str(agent), str(session_id), node, str(user or ""), str(tenant or ""))
         with self._lock:
@@ -158,7 +161,9 @@ class Tether:
         decision = self._decide(session, call, config, request.state)
         if not decision.allowed:
             return refusal_message(decision, request.tool_call.get("id"), request.tool_call.get("name"))
-        gate = _waist.Gate(request.tool_call.get("name"), request.tool_call.get("id"), session, decision)
+        gate = _waist.Gate(
+            request.tool_call.get("name"), request.tool_call.get("id"), session, decision, self.messages_key
+        )
         token = _waist.open_gate(gate)
         try:
             result = execute(_with_args(request, decision))
@@ -168,7 +173,7 @@ class Tether:
             raise
         finally:
             _waist.close_gate(token)
-        return result if gate.reached else after(session, decision, result)  # the tool never started
+        return result if gate.reached else after(session, decision, result, self.messages_key)  # the tool never started
 
     async def awrap_tool_call(self, request: Any, execute: AExecute) -> ToolMessage | Command[Any]:
         """The async twin of :meth:`wrap_tool_call` (``ainvoke``/``astream``)."""
@@ -178,7 +183,9 @@ class Tether:
         decision = await asyncio.to_thread(self._decide, session, call, config, request.state)  # off the loop
         if not decision.allowed:
             return refusal_message(decision, request.tool_call.get("id"), request.tool_call.get("name"))
-        gate = _waist.Gate(request.tool_call.get("name"), request.tool_call.get("id"), session, decision)
+        gate = _waist.Gate(
+            request.tool_call.get("name"), request.tool_call.get("id"), session, decision, self.messages_key
+        )
         token = _waist.open_gate(gate)
         try:
             result = await execute(_with_args(request, decision))
@@ -188,7 +195,7 @@ class Tether:
             raise
         finally:
             _waist.close_gate(token)
-        return result if gate.reached else await asyncio.to_thread(after, session, decision, result)
+        return result if gate.reached else await asyncio.to_thread(after, session, decision, result, self.messages_key)
 
     def _call_of(self, request: Any) -> dict[str, Any]:
         call = request.tool_call
@@ -251,7 +258,7 @@ class Tether:
             return _Skip()
         if not decision.allowed:
             return refusal_message(decision, call_id, tool.name) if call_id else decision.refusal()
-        return _waist.Gate(tool.name, call_id, session, decision)
+        return _waist.Gate(tool.name, call_id, session, decision, self.messages_key)
 
     # -- deciding ----------------------------------------------------------------------------
 
@@ -272,16 +279,23 @@ class _Skip:
     """Tether failed in monitor mode: the call runs as if Tether were not there."""
 
 
+#: the server part of the name of an MCP tool whose server's name cannot be found
+#: (``load_mcp_tools(session)`` without ``server_name``): ``mcp/<tool>``
+UNNAMED_MCP_SERVER = "mcp"
+
+
 def policy_name(tool: Any) -> str:
     """The name a policy gives a LangChain tool: its own name, or ``server/tool`` for a tool that
-    ``langchain-mcp-adapters`` loaded from an MCP server it knows the name of."""
+    ``langchain-mcp-adapters`` loaded from an MCP server (``mcp/tool`` when it was loaded without
+    a server name: an MCP tool never passes for a native one, and its output is untrusted)."""
     coroutine = getattr(tool, "coroutine", None)
-    if getattr(coroutine, "__module__", None) != "langchain_mcp_adapters.tools":
+    if not str(getattr(coroutine, "__module__", None) or "").startswith("langchain_mcp_adapters."):
         return str(tool.name)
-    cells = dict(zip(coroutine.__code__.co_freevars, coroutine.__closure__ or (), strict=False))
+    code = getattr(coroutine, "__code__", None)
+    cells = dict(zip(getattr(code, "co_freevars", ()), getattr(coroutine, "__closure__", None) or (), strict=False))
     server = _cell(cells.get("server_name"))
     served = getattr(_cell(cells.get("tool")), "name", None) or tool.name
-    return mcp_tool(str(server), str(served)) if server else str(tool.name)
+    return mcp_tool(str(server) if server else UNNAMED_MCP_SERVER, str(served))
 
 
 def _cell(cell: Any) -> Any:

@@ -17,11 +17,12 @@ from tether.core import Decision, Mode, Session, StoreError
 log = logging.getLogger("tether.langgraph")
 
 
-def after(session: Session, decision: Decision, output: Any) -> Any:
+def after(session: Session, decision: Decision, output: Any, messages_key: str = "messages") -> Any:
     """Record what a tool returned; what ``after_tool`` returns is what flows into the graph.
 
     A ``ToolMessage`` with ``status="error"`` (a tool error LangChain or ``ToolNode`` turned into
-    a message) is recorded as an error; the messages inside a ``Command`` are rewritten too."""
+    a message) is recorded as an error; a ``Command``'s update is rewritten too (its messages under
+    ``messages_key``, and the rest of what it writes to the state)."""
     try:
         if isinstance(output, ToolMessage):
             if output.status == "error":
@@ -30,7 +31,7 @@ def after(session: Session, decision: Decision, output: Any) -> Any:
             content = session.after_tool(decision, output.content)
             return output if content is output.content else output.model_copy(update={"content": content})
         if isinstance(output, Command):
-            return _after_command(session, decision, output)
+            return _after_command(session, decision, output, messages_key)
         return session.after_tool(decision, output)
     except StoreError:
         if session.guard.mode is not Mode.MONITOR:
@@ -39,25 +40,46 @@ def after(session: Session, decision: Decision, output: Any) -> Any:
         return output
 
 
-def _after_command(session: Session, decision: Decision, command: Command[Any]) -> Command[Any]:
-    """A tool's ``Command``: the contents of the messages it adds are the tool's output."""
-    update, key = command.update, "messages"
-    messages = update.get(key) if isinstance(update, Mapping) else None
-    if not isinstance(messages, Sequence) or isinstance(messages, str):
-        session.after_tool(decision, update)
+def _after_command(session: Session, decision: Decision, command: Command[Any], key: str) -> Any:
+    """A tool's ``Command``: what its update writes to the state is the tool's output (the contents
+    of the messages it adds, and any other value). What ``after_tool`` allows is what the update
+    carries on; an update it cannot be applied to in place is refused, never passed on as it was."""
+    update = command.update
+    if not isinstance(update, Mapping):  # none, (key, value) pairs or a state object: not rewritten in place
+        shown = session.after_tool(decision, update)
+        return command if shown is update else _refused(decision, shown)
+    found = update.get(key)
+    messages = list(found) if isinstance(found, Sequence) and not isinstance(found, str) else None
+    sent = dict(update)
+    if messages is not None:
+        sent[key] = [m.content if isinstance(m, BaseMessage) else m for m in messages]
+    shown = session.after_tool(decision, sent)
+    if shown is sent:
         return command
-    contents = [m.content if isinstance(m, BaseMessage) else m for m in messages]
-    shown = session.after_tool(decision, contents)
-    if shown is contents:
-        return command
-    if not isinstance(shown, list) or len(shown) != len(contents):  # withheld as a whole
-        shown = [shown] * len(contents)
-    rewritten = [
-        m.model_copy(update={"content": now}) if isinstance(m, BaseMessage) else now
-        for m, now in zip(messages, shown, strict=True)
-    ]
-    assert isinstance(update, Mapping)
-    return dataclasses.replace(command, update={**update, key: rewritten})
+    if messages is not None and set(update) == {key} and not isinstance(shown, Mapping):  # withheld as a whole
+        shown = {key: [shown] * len(messages)}
+    if not (isinstance(shown, Mapping) and set(shown) == set(sent)):
+        return _refused(decision, shown)
+    rewritten = dict(shown)
+    if messages is not None:
+        now = shown[key]
+        if not isinstance(now, list) or len(now) != len(messages):
+            return _refused(decision, shown)
+        rewritten[key] = [
+            m.model_copy(update={"content": content}) if isinstance(m, BaseMessage) else content
+            for m, content in zip(messages, now, strict=True)
+        ]
+    return dataclasses.replace(command, update=rewritten)
+
+
+def _refused(decision: Decision, shown: Any) -> ToolMessage:
+    """The answer to a call whose ``Command`` Tether could not rewrite: nothing of it is applied."""
+    notice = (
+        shown if isinstance(shown, str) else "[withheld by Tether: the tool's update could not be redacted in place]"
+    )
+    return ToolMessage(
+        content=notice, tool_call_id=decision.call.call_id or "", name=decision.call.tool, status="error"
+    )
 
 
 def record_error(session: Session, decision: Decision, error: BaseException) -> None:

@@ -27,12 +27,13 @@ import contextlib
 import contextvars
 import functools
 import threading
+import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from langchain_core.runnables.config import var_child_runnable_config
+from langchain_core.runnables.config import ensure_config, var_child_runnable_config
 
 from ._results import after, record_error
 
@@ -46,6 +47,9 @@ CLAIM = "tether_guard"
 #: the key, in a governed run's ``configurable``, naming its Tether (a "__" key: LangGraph keeps it
 #: out of checkpoint metadata, and hands it to every node, subgraph and tool of the run)
 RUN_MARK = "__tether_guard"
+#: the key, in the ``configurable`` of a run given no ``thread_id``, naming the session Tether
+#: records that run in: one per top-level graph invocation, shared with its subgraphs
+RUN_SESSION = "__tether_run"
 
 
 @dataclass
@@ -56,6 +60,7 @@ class Gate:
     call_id: str | None
     session: Session
     decision: Decision
+    messages_key: str = "messages"  # where a Command's update carries the messages (ToolNode's messages_key)
     reached: bool = False  # set once the tool's run starts: the waist records the result
 
 
@@ -220,7 +225,7 @@ def _governed_body(original: Callable[..., Any], tool: Any, tool_input: Any, arg
         raise
     finally:
         _gate.reset(token)
-    return after(gate.session, gate.decision, output)
+    return after(gate.session, gate.decision, output, gate.messages_key)
 
 
 async def _agoverned_body(
@@ -234,7 +239,7 @@ async def _agoverned_body(
         raise
     finally:
         _gate.reset(token)
-    return await asyncio.to_thread(after, gate.session, gate.decision, output)
+    return await asyncio.to_thread(after, gate.session, gate.decision, output, gate.messages_key)
 
 
 def run_decided(original: Callable[..., Any], tool: Any, tool_input: Any, args: Any, kwargs: Any, gate: Gate) -> Any:
@@ -282,7 +287,7 @@ def _patched_stream(original: Callable[..., Any]) -> Callable[..., Any]:
         tether = graph_governor(self)
         if tether is not None:
             config = marked(config, tether.key)
-        return original(self, input, config, *args, **kwargs)
+        return original(self, input, with_run_session(config), *args, **kwargs)
 
     return stream
 
@@ -324,6 +329,18 @@ def marked(config: Any, key: str) -> dict[str, Any]:
     inherited one on langgraph 1.0)."""
     config = dict(config or {})
     config[RUN_MARK] = key
+    return config
+
+
+def with_run_session(config: Any) -> Any:
+    """``config`` given a session of its own when it has no ``thread_id`` (nor ``tether_session``)
+    and no outer run gave it one: a graph invoked without a thread is a conversation of its own,
+    not one shared with every other such run."""
+    effective = ensure_config(config).get("configurable") or {}
+    if any(effective.get(k) for k in ("thread_id", "tether_session", RUN_SESSION)):
+        return config
+    config = dict(config or {})
+    config[RUN_SESSION] = f"run-{uuid.uuid4().hex}"  # a top-level key: see marked()
     return config
 
 
