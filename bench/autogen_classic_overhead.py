@@ -130,7 +130,7 @@ class CoreClock:
     """Time spent inside the core's Session methods while the guarded chats run (a few ns per call
     to measure), so the adapter's own share is what remains."""
 
-    METHODS = ("after_model", "before_tool", "resolve", "after_tool")
+    METHODS = ("trusted_input", "before_model", "after_model", "before_tool", "resolve", "after_tool")
 
     def __init__(self) -> None:
         self.ns = 0
@@ -178,7 +178,7 @@ def main() -> None:
     print("|---|---:|")
     print(f"| unguarded full turn (model call, messages, execution) | {bare:.0f} |")
     print(f"| guarded full turn | {tethered:.0f} |")
-    print(f"| of which in the core (model response, decision, result: 3 durable audit writes) | {in_core:.0f} |")
+    print(f"| of which in the core (model request and response, decision, result: 4 audit writes) | {in_core:.0f} |")
     print(f"| of which in the adapter (the rest) | {tethered - bare - in_core:.0f} |")
     print(f"| for reference: the same three core calls in a tight loop (mean) | {alone:.0f} |")
     each = ", ".join(f"{r[1] / r[0]:.2f}" for r in rows)

@@ -142,3 +142,15 @@ def test_input_built_to_make_regexes_backtrack_is_scanned() -> None:
     hostile = ["a" * 200_000 + "@", "1 " * 100_000, "-----BEGIN " * 20_000, "a." * 100_000 + "@x", "=" * 200_000]
     for text in hostile:
         assert isinstance(scan(text), list)
+
+
+@given(st.lists(st.sampled_from(["role", "content", "a@b.co", "x@evil.example", "ok", "4111 1111 1111 1111", "café"])))
+def test_classifying_again_finds_the_same(texts: list[str]) -> None:
+    """Short strings found clean are remembered; what holds a finding is scanned every time."""
+    from tether.core.classify import Classifier
+
+    classifier, fresh = Classifier(), Classifier()
+    for text in texts + texts:
+        assert classifier.classify(text) == fresh.classify(text)
+        fresh = Classifier()
+    assert not any(scan(text) for text in classifier._clean)

@@ -209,6 +209,7 @@ class Classifier:
         # alternative matched is slow, so the (short) match is identified by Python's engine.
         self._which = re.compile("|".join(f"(?P<d{i}>{d.pattern})" for i, d in enumerate(self.detectors)))
         self.shown = frozenset(d.kind for d in self.detectors if not d.masked)  # labelled, left readable
+        self._clean: set[str] = set()  # short ASCII strings known to hold nothing: see classify
 
     def scan(self, text: str) -> list[Finding]:
         """Every sensitive span of ``normalize(text)``, left to right, without overlaps."""
@@ -217,8 +218,18 @@ class Classifier:
 
     def classify(self, text: str) -> tuple[str, list[Finding]]:
         """``normalize(text)`` and the findings in it (their spans refer to the normalised text)."""
+        if text in self._clean:
+            return text, []
         text = normalize(text)
-        return text, self._scan(text, 0, len(text), decode=True)
+        found = self._scan(text, 0, len(text), decode=True)
+        if not found and len(text) <= _CLEAN_MAX and text.isascii():
+            # Field names, roles, ids and short values repeat on every call: remember those with
+            # nothing in them (ASCII: normalising leaves them as they are). Nothing found is
+            # kept, so the set holds no sensitive value.
+            if len(self._clean) >= _CLEAN_KEPT:
+                self._clean.clear()
+            self._clean.add(text)
+        return text, found
 
     def _scan(self, text: str, lo: int, hi: int, decode: bool) -> list[Finding]:
         # One finditer per call: the binding converts the text it is given on every call, so
@@ -267,6 +278,10 @@ class Classifier:
                 return Finding(inner[0].label, f"{inner[0].kind}_base64", start, end)
             return None
         return Finding("secret", "high_entropy", start, end) if _random_key(token) else None
+
+
+_CLEAN_MAX = 64  # characters
+_CLEAN_KEPT = 8192  # strings
 
 
 def _spans(regex: re2._Regexp, text: str) -> Iterator[tuple[int, int]]:

@@ -742,7 +742,8 @@ class Session:
         details: dict[str, Any] = {"model": model, "values": trusted, "held": [h.reason for h in held] or None}
         if given:
             details["given"] = given
-        event_id = self._record_model(Kind.MODEL_REQUEST, parent, details, "messages", plain)
+        shown = preview(plain, key)  # already plain data: converted once
+        event_id = self._record_model(Kind.MODEL_REQUEST, parent, details, "messages", plain, shown)
         with self._state.lock:
             self._state.record_values(trusted, None)
             request.add(text, given)
@@ -767,8 +768,16 @@ class Session:
         proposed = [{"id": c.get("id"), "name": c.get("name")} for c in tool_calls]
         return self._record_model(Kind.MODEL_RESPONSE, parent, {"tool_calls": proposed}, "response", response)
 
-    def _record_model(self, kind: str, parent: str | None, details: dict[str, Any], name: str, content: Any) -> str:
-        shown = _shown(content, name, self.guard.store.key)
+    def _record_model(
+        self,
+        kind: str,
+        parent: str | None,
+        details: dict[str, Any],
+        name: str,
+        content: Any,
+        shown: Preview | None = None,
+    ) -> str:
+        shown = shown if shown is not None else _shown(content, name, self.guard.store.key)
         details.update({name: shown.value, f"{name}_fp": shown.fingerprint, "labels": sorted(shown.labels)})
         with self._state.lock:
             self._load()
