@@ -58,6 +58,7 @@ def policy(**agent_changes: Any) -> dict[str, Any]:
             "send_email": "allow",
             "refund": {"ask": True},
             "delete_account": "allow",
+            "customer_record": "allow",
         },
     }
     agent.update(agent_changes)
@@ -72,6 +73,7 @@ def policy(**agent_changes: Any) -> dict[str, Any]:
             "send_email": {"effects": ["external"], "accepts": ["pii"]},
             "refund": {"effects": ["money", "irreversible"]},
             "delete_account": {"effects": ["delete", "irreversible"]},
+            "customer_record": {"effects": ["read"], "data": ["pii"]},
         },
         "agents": {AGENT: agent},
         "rules": [
@@ -147,10 +149,13 @@ def standard_tools(log: ToolLog) -> dict[str, Callable[..., Any]]:
         log.record("delete_account", user_id=user_id)
         return f"deleted {user_id}"
 
-    return {
-        f.__name__: f
-        for f in (lookup_order, read_ticket, check_stock, flaky_lookup, send_email, refund, delete_account)
-    }
+    def customer_record(customer_id: str) -> dict[str, Any]:
+        """Fetch a customer's record."""
+        log.record("customer_record", customer_id=customer_id)
+        return {"customer": {"id": customer_id, "email": CUSTOMER_EMAIL, "cards": [CARD]}, "status": "active"}
+
+    tools = (lookup_order, read_ticket, check_stock, flaky_lookup, send_email, refund, delete_account, customer_record)
+    return {f.__name__: f for f in tools}
 
 
 # -- what a driver is --------------------------------------------------------------------------
@@ -339,11 +344,22 @@ def test_output_the_agent_is_not_cleared_for_is_redacted(driver: Driver, scenari
     assert run.model_saw("charged twice") or run.model_saw("withheld by Tether")
 
 
+def test_a_structured_result_is_redacted_inside(driver: Driver, scenario_store: AuditStore) -> None:
+    """A tool returning nested data (not a string) has what the agent may not see redacted
+    inside it, the rest reaching the model."""
+    run = go(driver, make_guard(scenario_store, data=[]), [[Call("c1", "customer_record", {"customer_id": "u1"})]])
+    assert run.tools.ran("customer_record") == [{"customer_id": "u1"}]
+    assert not run.model_saw(CUSTOMER_EMAIL) and not run.model_saw(CARD)
+    assert run.model_saw("active")
+
+
 def test_the_model_is_sent_what_tether_allows(driver: Driver, scenario_store: AuditStore) -> None:
-    """A request carrying data the agent may not receive reaches the model redacted, or not at all."""
+    """A request carrying data the agent may not receive reaches the model redacted: what
+    ``before_model`` returned is what the model gets, the rest of the request intact."""
     user = f"Please help with order 42. I am {CUSTOMER_EMAIL}."
     run = go(driver, make_guard(scenario_store, data=[]), [[lookup("c1")]], user=user)
     assert not run.model_saw(CUSTOMER_EMAIL)
+    assert run.model_saw("Please help with order 42") and run.model_saw("[email:")
     (first, *_) = events(scenario_store, "model.request")
     assert CUSTOMER_EMAIL not in first.data and "[email:" in first.data  # recorded, redacted
 
@@ -358,6 +374,16 @@ def test_the_system_prompt_is_recorded_and_trusted(driver: Driver, scenario_stor
     assert any("Escalations go to" in e.data for e in events(scenario_store, "model.request"))
     # the address came from the system prompt as well as the ticket: not an injected value
     assert run.tools.ran("send_email") == [{"to": PARTNER, "body": "escalating ticket 7"}]
+
+
+def test_a_system_prompt_the_agent_may_not_see_in_full_is_redacted(driver: Driver, scenario_store: AuditStore) -> None:
+    needs(driver, SYSTEM)
+    system = f"You are the support bot of Acme. The test card is {CARD}."
+    run = go(driver, make_guard(scenario_store, data=[]), [[lookup("c1")]], system=system)
+    assert not run.model_saw(CARD)
+    assert run.model_saw("You are the support bot of Acme")
+    (first, *_) = events(scenario_store, "model.request")
+    assert CARD not in first.data
 
 
 def test_every_run_is_its_own_session(driver: Driver, scenario_store: AuditStore) -> None:
