@@ -25,7 +25,8 @@ session, so its taint and limits are the conversation's. The acting agent is the
 session of the most recently registered guard: nothing runs undecided.
 
 A refused call raises inside the tool, so AgentChat hands the model an error result carrying
-Tether's refusal (a refused handoff stops the run with that error: a handoff cannot be answered).
+Tether's refusal. A refused handoff is not raised (AgentChat cannot survive that): the agent's
+turn ends with the refusal as its text instead of the handoff, so the conversation stays with it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from functools import wraps
 from typing import Any
 
 from autogen_agentchat.agents import BaseChatAgent
+from autogen_agentchat.base import Response
+from autogen_agentchat.messages import HandoffMessage, TextMessage
 from autogen_agentchat.teams import BaseGroupChat
 from autogen_core.code_executor import CodeExecutor, CodeResult
 from autogen_core.models import ChatCompletionClient, CreateResult, FunctionExecutionResultMessage
@@ -72,8 +75,20 @@ class _Run:
     session_id: str
 
 
+class _Turn:
+    """One agent's turn (its ``on_messages_stream``): the handoffs Tether refused in it."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self.refused_handoffs: set[str] = set()
+
+    def is_handoff(self, tool: Any) -> bool:
+        return any(tool is handoff for handoff in getattr(self.agent, "_handoff_tools", None) or ())
+
+
 _RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("tether_agentchat_run", default=None)
 _AGENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("tether_agentchat_agent", default=None)
+_TURN: contextvars.ContextVar[_Turn | None] = contextvars.ContextVar("tether_agentchat_turn", default=None)
 _IN_MODEL: contextvars.ContextVar[bool] = contextvars.ContextVar("tether_agentchat_in_model", default=False)
 _lock = threading.Lock()
 _latest: Registration | None = None
@@ -309,15 +324,30 @@ def _acting(original: Callable[..., Any]) -> Callable[..., Any]:
 def _acting_stream(original: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(original)
     async def on_messages_stream(self: Any, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
-        previous = _AGENT.get()
+        previous, previous_turn = _AGENT.get(), _TURN.get()
+        turn = _Turn(self)
         _AGENT.set(self.name)
+        _TURN.set(turn)
         try:
             async for item in original(self, *args, **kwargs):
-                yield item
+                yield _kept_turn(item, turn)
         finally:
             _AGENT.set(previous)
+            _TURN.set(previous_turn)
 
     return on_messages_stream
+
+
+def _kept_turn(item: Any, turn: _Turn) -> Any:
+    """A response handing off through a handoff Tether refused becomes the agent's text: the
+    refusal, so the conversation stays with the agent (a Swarm keeps its speaker)."""
+    if not (turn.refused_handoffs and isinstance(item, Response)):
+        return item
+    message = item.chat_message
+    if not isinstance(message, HandoffMessage) or message.content not in turn.refused_handoffs:
+        return item
+    text = TextMessage(content=message.content, source=message.source, models_usage=message.models_usage)
+    return Response(chat_message=text, inner_messages=item.inner_messages)
 
 
 # -- the tool waist ------------------------------------------------------------------------
@@ -358,7 +388,16 @@ def _guarded_run_json(original: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(original)
     async def run_json(self: Any, args: Mapping[str, Any], cancellation_token: Any, *rest: Any, **kw: Any) -> Any:
         call_id = kw.get("call_id", rest[0] if rest else None)
-        gate = await _decide(self.name, args, call_id)
+        try:
+            gate = await _decide(self.name, args, call_id)
+        except ToolRefused as refused:
+            turn = _TURN.get()
+            if turn is None or not turn.is_handoff(self):
+                raise
+            # AgentChat does not survive a handoff tool that raises (0.7 waits on it for ever):
+            # the refusal is the handoff's result, and the agent's turn ends with it as text
+            turn.refused_handoffs.add(str(refused))
+            return str(refused)
         if gate is None:
             return await original(self, args, cancellation_token, *rest, **kw)
         session, decision = gate
