@@ -21,6 +21,7 @@ from autogen_agentchat.teams import RoundRobinGroupChat
 
 from tether.autogen.agentchat import CODE_TOOL, register_guard
 from tether.core import AuditStore, Guard
+from tether.core.redact import user_ref
 
 from ...support import run_within
 from .conftest import POLICY, Tools, agent, calls, events, scripted_client
@@ -198,6 +199,78 @@ def test_mcp_workbench_tools_are_governed_as_server_tools(store: AuditStore, tmp
     assert all(e.details["untrusted"] for e in events(store, "tool.result"))  # MCP output is untrusted
 
 
+# -- two guards in one process: each agent's calls are decided by its own -----------------
+
+
+def two_guards(store: AuditStore, tmp_path: Path, tools: Tools) -> tuple[AssistantAgent, AuditStore, AuditStore]:
+    """``assistant`` under a guard letting it email colleagues (user alice, tenant acme); then
+    another agent under a second guard, on its own store, whose policy grants nothing."""
+    email = calls(("send_email", {"to": "bob@acme.example", "body": "hi"}))
+    mine, _ = agent(tools, email, "done")
+    register_guard(mine, Guard(POLICY, store=store), user="alice", tenant="acme")
+    other_store = AuditStore(f"sqlite:///{tmp_path / 'other.db'}", key=b"o" * 32)
+    nothing = {"purpose": "x", "owner": "t@acme.example", "tools": {}}
+    strict = {"version": 1, "tools": POLICY["tools"], "agents": {"assistant": nothing}}
+    register_guard(agent(tools, "x")[0], Guard(strict, store=other_store))  # the most recent registration
+    return mine, store, other_store
+
+
+def assert_own_guard(tools: Tools, store: AuditStore, other_store: AuditStore) -> None:
+    assert tools.count("send_email") == 1
+    (decision,) = events(store, "tool.decision")
+    alice = user_ref(store.key, "alice")  # how the audit stores a user
+    assert (decision.tool, decision.verdict) == ("send_email", "allow")
+    assert (decision.user_id, decision.tenant) == (alice, "acme")
+    assert "attribution" not in decision.details["context"]
+    assert events(other_store) == []
+    other_store.close()
+
+
+@pytest.mark.parametrize("entry", ["on_messages", "on_messages_stream"])
+def test_a_direct_on_messages_call_is_decided_by_the_agents_own_guard(
+    store: AuditStore, tmp_path: Path, tools: Tools, entry: str
+) -> None:
+    from autogen_agentchat.messages import TextMessage
+    from autogen_core import CancellationToken
+
+    mine, store, other_store = two_guards(store, tmp_path, tools)
+    task = [TextMessage(content="email bob", source="user")]
+
+    async def go() -> None:
+        if entry == "on_messages":
+            await mine.on_messages(task, CancellationToken())
+        else:
+            async for _ in mine.on_messages_stream(task, CancellationToken()):
+                pass
+
+    asyncio.run(asyncio.wait_for(go(), 60))
+
+    assert_own_guard(tools, store, other_store)
+    assert {e.session_id for e in events(store)} == {e.session_id for e in events(store, "model.request")}
+
+
+def test_a_run_on_a_user_started_runtime_is_decided_by_the_teams_own_guard(
+    store: AuditStore, tmp_path: Path, tools: Tools
+) -> None:
+    from autogen_core import SingleThreadedAgentRuntime
+
+    mine, store, other_store = two_guards(store, tmp_path, tools)
+
+    async def go() -> None:
+        runtime = SingleThreadedAgentRuntime()
+        runtime.start()
+        team = RoundRobinGroupChat([mine], termination_condition=MaxMessageTermination(2), runtime=runtime)
+        try:
+            await team.run(task="email bob")
+        finally:
+            await runtime.stop()
+
+    asyncio.run(asyncio.wait_for(go(), 60))
+
+    assert_own_guard(tools, store, other_store)
+    assert len({e.session_id for e in events(store)}) == 1
+
+
 # -- the inventory -------------------------------------------------------------------------
 
 #: how each public team and agent class is covered; a release adding one fails until classified
@@ -227,6 +300,7 @@ AGENTS = {  # tools through BaseTool.run_json, code through the executor, model 
     "ApprovalFuncType",
 }
 RUN_METHODS = {"run", "run_stream"}  # the only public run entry points of agents and teams
+TURN_METHODS = {"on_messages", "on_messages_stream"}  # an agent's turn, called by teams or directly
 
 
 def test_every_team_and_agent_class_is_classified() -> None:
@@ -249,3 +323,18 @@ def test_the_run_entry_points_are_the_tracked_ones() -> None:
     for cls in (autogen_agentchat.agents.BaseChatAgent, autogen_agentchat.teams.BaseGroupChat):
         for name in RUN_METHODS:
             assert getattr(getattr(cls, name), "__wrapped__", None) is not None, f"{cls.__name__}.{name} is not tracked"
+
+
+def test_an_agents_turn_entry_points_are_the_tracked_ones(guard: Guard, tools: Tools) -> None:
+    from autogen_agentchat.base import ChatAgent
+
+    abstract = {n for n in getattr(ChatAgent, "__abstractmethods__", ()) if n.startswith("on_messages")}
+    lifecycle = {"on_reset", "on_pause", "on_resume"}
+    public = {n for n, _ in inspect.getmembers(ChatAgent) if n.startswith("on_")} - lifecycle
+    assert public == TURN_METHODS, f"a new turn entry point: {sorted(public - TURN_METHODS)}"
+    assert abstract <= TURN_METHODS
+    bot, _ = agent(tools, "x")
+    register_guard(bot, guard)
+    for name in TURN_METHODS:
+        owner = next(c for c in type(bot).__mro__ if name in c.__dict__)
+        assert getattr(owner.__dict__[name], "_tether", False), f"{owner.__name__}.{name} is not tracked"

@@ -21,8 +21,10 @@ met in a run, so every model call of a run is recorded and screened: the agents'
 top-level ``run`` / ``run_stream`` is one session; a run inside a run (a ``SocietyOfMindAgent``'s
 inner team, an agent or team used as a tool, a team inside a team) stays in the outer run's
 session, so its taint and limits are the conversation's. The acting agent is the one whose
-``on_messages(_stream)`` is running. A tool run outside any run is decided under a fallback
-session of the most recently registered guard: nothing runs undecided.
+``on_messages(_stream)`` is running. A turn outside any run (``on_messages`` called directly, a
+team on a runtime the user started) is decided by the agent's own registration; a tool run
+outside any run and any registered agent's turn is decided under a fallback session of the most
+recently registered guard: nothing runs undecided.
 
 A refused call raises inside the tool, so AgentChat hands the model an error result carrying
 Tether's refusal. A refused handoff is not raised (AgentChat cannot survive that): the agent's
@@ -309,13 +311,25 @@ def _tracked_run_stream(original: Callable[..., Any]) -> Callable[..., Any]:
     return run_stream
 
 
+def _own_run(agent: Any) -> _Run | None:
+    """The run of an agent's turn: the run in this context; outside any (``on_messages`` called
+    directly, a team on a runtime the user started) the current run of the agent's own
+    registration, so its calls are decided by the guard it was registered with."""
+    run = _RUN.get()
+    if run is not None:
+        return run
+    registration: Registration | None = agent.__dict__.get(_ATTR)
+    return registration._current() if registration is not None else None
+
+
 def _acting(original: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(original)
     async def on_messages(self: Any, *args: Any, **kwargs: Any) -> Any:
-        token = _AGENT.set(self.name)
+        token, run = _AGENT.set(self.name), _RUN.set(_own_run(self))
         try:
             return await original(self, *args, **kwargs)
         finally:
+            _RUN.reset(run)
             _AGENT.reset(token)
 
     return on_messages
@@ -324,16 +338,18 @@ def _acting(original: Callable[..., Any]) -> Callable[..., Any]:
 def _acting_stream(original: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(original)
     async def on_messages_stream(self: Any, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
-        previous, previous_turn = _AGENT.get(), _TURN.get()
+        previous, previous_turn, previous_run = _AGENT.get(), _TURN.get(), _RUN.get()
         turn = _Turn(self)
-        _AGENT.set(self.name)
+        _AGENT.set(self.name)  # an async generator runs in its consumer's context: set back below
         _TURN.set(turn)
+        _RUN.set(_own_run(self))
         try:
             async for item in original(self, *args, **kwargs):
                 yield _kept_turn(item, turn)
         finally:
             _AGENT.set(previous)
             _TURN.set(previous_turn)
+            _RUN.set(previous_run)
 
     return on_messages_stream
 
