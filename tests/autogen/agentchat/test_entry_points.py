@@ -19,7 +19,7 @@ from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.conditions import MaxMessageTermination
 from autogen_agentchat.teams import RoundRobinGroupChat
 
-from tether.autogen.agentchat import CODE_TOOL, register_guard
+from tether.autogen.agentchat import CODE_TOOL, UNKNOWN_SERVER, register_guard
 from tether.core import AuditStore, Guard
 from tether.core.redact import user_ref
 
@@ -145,30 +145,41 @@ def test_a_tool_run_outside_any_run_is_decided(guard: Guard, tools: Tools, store
     assert decision.details["context"]["attribution"] == "fallback"
 
 
-def test_mcp_workbench_tools_are_governed_as_server_tools(store: AuditStore, tmp_path: Path) -> None:
-    pytest.importorskip("mcp")
-    from autogen_ext.tools.mcp import McpWorkbench, StdioServerParams
+def mcp_server_name() -> str:
+    """The server name each AgentChat version reports: 0.6+ the server's own, 0.5 none."""
+    from autogen_ext.tools.mcp import McpWorkbench
 
-    from tests.conformance.mcp_server import SCRIPT, ran
+    return "helpdesk" if hasattr(McpWorkbench, "initialize_result") else UNKNOWN_SERVER
 
-    log = tmp_path / "mcp.jsonl"
-    policy = {
+
+def mcp_policy(server: str, agent: str = "assistant") -> dict[str, Any]:
+    return {
         "version": 1,
         "tools": {
-            "helpdesk/lookup_order": {"effects": ["read"]},
-            "helpdesk/read_ticket": {"effects": ["read"], "data": ["pii"]},
-            "helpdesk/delete_account": {"effects": ["delete"]},
+            f"{server}/lookup_order": {"effects": ["read"]},
+            f"{server}/read_ticket": {"effects": ["read"], "data": ["pii"]},
+            f"{server}/delete_account": {"effects": ["delete"]},
         },
         "agents": {
-            "assistant": {
+            agent: {
                 "purpose": "support",
                 "owner": "t@acme.example",
                 "data": [],
-                "tools": {"helpdesk/lookup_order": "allow", "helpdesk/read_ticket": "allow"},
+                "tools": {f"{server}/lookup_order": "allow", f"{server}/read_ticket": "allow"},
             }
         },
     }
-    guard = Guard(policy, store=store)
+
+
+def test_mcp_workbench_tools_are_governed_as_server_tools(store: AuditStore, tmp_path: Path) -> None:
+    from autogen_ext.tools.mcp import McpWorkbench, StdioServerParams
+
+    from tests.conformance.mcp_server import SCRIPT, ran
+    from tests.conformance.scenario import CARD, CUSTOMER_EMAIL
+
+    log = tmp_path / "mcp.jsonl"
+    server = mcp_server_name()
+    guard = Guard(mcp_policy(server), store=store)
     params = StdioServerParams(
         command=sys.executable,
         args=[SCRIPT],
@@ -188,15 +199,44 @@ def test_mcp_workbench_tools_are_governed_as_server_tools(store: AuditStore, tmp
     result = asyncio.run(asyncio.wait_for(go(), 120))
 
     text = "\n".join(str(getattr(m, "content", "")) for m in result.messages)
-    names = "helpdesk" if hasattr(McpWorkbench, "initialize_result") else "unknown-mcp-server"
-    if names == "helpdesk":
-        assert [t for t, _ in ran(log)] == ["lookup_order", "read_ticket"]  # the denied call never reached it
-        assert "order 42: shipped" in text
-        assert "jane.doe@customer.example" not in text  # the ticket's personal data, redacted
+    assert sorted(t for t, _ in ran(log)) == ["lookup_order", "read_ticket"]  # the denied call never reached it
     decisions = {e.tool: e.verdict for e in events(store, "tool.decision")}
-    assert decisions[f"{names}/delete_account"] == "deny"
-    assert "delete_account" not in [t for t, _ in ran(log)]
-    assert all(e.details["untrusted"] for e in events(store, "tool.result"))  # MCP output is untrusted
+    assert decisions == {
+        f"{server}/lookup_order": "allow",
+        f"{server}/read_ticket": "allow",
+        f"{server}/delete_account": "deny",
+    }
+    assert "order 42: shipped" in text
+    assert "Ticket 7 from" in text  # the ticket reached the agent, its personal data redacted
+    assert CUSTOMER_EMAIL not in text and CARD not in text
+    results = {e.tool: e for e in events(store, "tool.result")}
+    assert set(results) == {f"{server}/lookup_order", f"{server}/read_ticket"}
+    assert all(e.details["untrusted"] for e in results.values())  # MCP output is untrusted
+    assert not any(CUSTOMER_EMAIL in e.data or CARD in e.data for e in store.events())  # nor kept raw
+
+
+def test_an_mcp_workbench_that_raises_is_recorded_as_an_error(tools: Tools, store: AuditStore) -> None:
+    from autogen_ext.tools.mcp import McpWorkbench, StdioServerParams
+
+    # called outside any run: the fallback session's agent; not started, it has no server name yet
+    guard = Guard(mcp_policy(UNKNOWN_SERVER, agent="agentchat"), store=store)
+    register_guard(agent(tools, "x")[0], guard)
+    workbench = McpWorkbench(StdioServerParams(command=sys.executable, args=["-c", "pass"]))
+
+    async def unreachable() -> None:
+        raise ConnectionError("the MCP server is unreachable")
+
+    workbench.start = unreachable  # type: ignore[method-assign]
+
+    with pytest.raises(ConnectionError, match="unreachable"):
+        asyncio.run(asyncio.wait_for(workbench.call_tool("lookup_order", {"order_id": "42"}), 30))
+
+    (decision,) = events(store, "tool.decision")
+    assert (decision.tool, decision.verdict) == (f"{UNKNOWN_SERVER}/lookup_order", "allow")
+    (outcome,) = events(store, "tool.result")
+    assert outcome.parent_id == decision.event_id
+    assert "the MCP server is unreachable" in outcome.details["error"]
+    assert outcome.details["untrusted"]
 
 
 # -- two guards in one process: each agent's calls are decided by its own -----------------

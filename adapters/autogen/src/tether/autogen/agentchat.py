@@ -460,7 +460,11 @@ def _guarded_mcp_call(original: Callable[..., Any]) -> Callable[..., Any]:
         if gate is None:
             return await original(self, name, arguments, *rest, **kw)
         session, decision = gate
-        result = await original(self, name, dict(decision.args), *rest, **kw)
+        try:
+            result = await original(self, name, dict(decision.args), *rest, **kw)
+        except Exception as exc:  # the workbench failed (its server unreachable): recorded, raised on
+            await _seen(session, decision, None, error=exc)
+            raise
         text = result.to_text()
         try:
             seen = await _seen(session, decision, text, error=text if result.is_error else None)
