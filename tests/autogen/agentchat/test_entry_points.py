@@ -24,7 +24,7 @@ from tether.core import AuditStore, Guard
 from tether.core.redact import user_ref
 
 from ...support import run_within
-from .conftest import POLICY, Tools, agent, calls, events, scripted_client
+from .conftest import POLICY, Tools, agent, calls, events, scripted_client, texts
 
 ROOT = Path(__file__).parents[3]
 
@@ -128,6 +128,42 @@ def test_selector_group_chat_speaker_selection_is_recorded(guard: Guard, tools: 
     assert selections, "the selector's model calls are not recorded"
     assert {e.agent for e in selections} == {"SelectorGroupChat"}
     assert len({e.session_id for e in store.events()}) == 1
+
+
+SECRET = "sk-proj-Zx81Qm0Lk3Vb7Tn2Rw9Yp4Hd6Jf5Gs1A"  # looks like an OpenAI key: the class `secret`
+
+
+def test_magentic_one_orchestrator_calls_are_recorded_and_screened(store: AuditStore, tools: Tools) -> None:
+    from autogen_agentchat.teams import MagenticOneGroupChat
+
+    policy = json.loads(json.dumps(POLICY))
+    policy["agents"]["assistant"]["data"] = []
+    policy["agents"]["MagenticOneGroupChat"] = {"purpose": "plan", "owner": "t@acme.example", "data": [], "tools": {}}
+    guard = Guard(policy, store=store)
+    bot, _ = agent(tools, "looked it up")
+    done = {"reason": "done", "answer": True}
+    ledger = {
+        "is_request_satisfied": done,
+        "is_in_loop": {"reason": "no", "answer": False},
+        "is_progress_being_made": done,
+        "next_speaker": {"reason": "only one", "answer": "assistant"},
+        "instruction_or_question": {"reason": "none", "answer": "nothing"},
+    }
+    seen: list[str] = []
+    orchestrator = scripted_client([], seen, final="x")
+    orchestrator.chat_completions[:4] = ["the facts", "the plan", json.dumps(ledger), "the final answer"]
+    team = MagenticOneGroupChat([bot], model_client=orchestrator, max_turns=3)
+    register_guard(team, guard)
+
+    result = run(team, f"rotate the key {SECRET} for order 42")
+
+    assert "the final answer" in texts(result)
+    planning = [e for e in events(store, "model.request") if e.agent == "MagenticOneGroupChat"]
+    assert len(planning) >= 3, "the orchestrator's planning and progress calls are not all recorded"
+    assert len([e for e in events(store, "model.response") if e.agent == "MagenticOneGroupChat"]) == len(planning)
+    assert len(seen) >= 3 and all("order 42" in sent for sent in seen)  # the task reached the orchestrator
+    assert not any(SECRET in sent for sent in seen), "the secret in the task reached the orchestrator's model"
+    assert not any(SECRET in e.data for e in store.events())
 
 
 def test_a_tool_run_outside_any_run_is_decided(guard: Guard, tools: Tools, store: AuditStore) -> None:
