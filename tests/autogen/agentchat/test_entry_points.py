@@ -113,21 +113,33 @@ def test_a_code_executor_agent_is_decided(guard: Guard, store: AuditStore, tmp_p
     assert (decision.agent, decision.tool, decision.verdict) == ("runner", CODE_TOOL, "deny")
 
 
-def test_selector_group_chat_speaker_selection_is_recorded(guard: Guard, tools: Tools, store: AuditStore) -> None:
+def test_selector_group_chat_speaker_selection_is_recorded_and_screened(store: AuditStore, tools: Tools) -> None:
     from autogen_agentchat.teams import SelectorGroupChat
 
+    policy = json.loads(json.dumps(POLICY))
+    policy["agents"]["SelectorGroupChat"] = {"purpose": "choose", "owner": "t@acme.example", "data": [], "tools": {}}
+    guard = Guard(policy, store=store)
     bot, _ = agent(tools, calls(("fetch_ticket", {"ticket": "7"})), "done")
     researcher, _ = agent(tools, "nothing to add", name="researcher")
-    selector = scripted_client([], [], final="assistant")
-    team = SelectorGroupChat([bot, researcher], model_client=selector, termination_condition=MaxMessageTermination(3))
+    seen: list[str] = []
+    selector = scripted_client([], seen, final="assistant")
+    team = SelectorGroupChat(
+        [bot, researcher],
+        model_client=selector,
+        termination_condition=MaxMessageTermination(3),
+        allow_repeated_speaker=True,  # the model chooses each time, after the ticket too
+    )
     register_guard(team, guard)
 
-    run(team)
+    result = run(team)
 
+    assert "jane.roe@customer.example" in texts(result)  # the assistant is cleared for personal data
     selections = [e for e in events(store, "model.request") if e.agent not in ("assistant", "researcher")]
     assert selections, "the selector's model calls are not recorded"
     assert {e.agent for e in selections} == {"SelectorGroupChat"}
     assert len({e.session_id for e in store.events()}) == 1
+    assert len(seen) >= 2 and any("Ticket 7 from" in sent for sent in seen)  # the ticket is in its history
+    assert not any("jane.roe@customer.example" in sent for sent in seen), "raw personal data reached the selector"
 
 
 SECRET = "sk-proj-Zx81Qm0Lk3Vb7Tn2Rw9Yp4Hd6Jf5Gs1A"  # looks like an OpenAI key: the class `secret`
