@@ -426,3 +426,34 @@ def test_an_agents_turn_entry_points_are_the_tracked_ones(guard: Guard, tools: T
     for name in TURN_METHODS:
         owner = next(c for c in type(bot).__mro__ if name in c.__dict__)
         assert getattr(owner.__dict__[name], "_tether", False), f"{owner.__name__}.{name} is not tracked"
+
+
+def test_user_and_tenant_reach_the_audit_fixed_or_from_each_runs_task(store: AuditStore, tools: Tools) -> None:
+    guard = Guard(POLICY, store=store)
+    fixed, _ = agent(tools, calls(("lookup", {"query": "a"})), "done")
+    register_guard(fixed, guard, user="alice", tenant="acme")
+    run(fixed, "look up a")
+    per_run, _ = agent(tools, calls(("lookup", {"query": "b"})), "done", name="researcher")
+    register_guard(per_run, guard, user=lambda task: str(task).split()[0], tenant=lambda task: "acme")
+    run(per_run, "bob needs b")
+
+    who = {(e.agent, e.user_id, e.tenant) for e in events(store, "tool.decision")}
+    assert who == {
+        ("assistant", user_ref(store.key, "alice"), "acme"),
+        ("researcher", user_ref(store.key, "bob"), "acme"),
+    }
+    assert all(e.user_id is not None for e in store.events())
+
+
+def test_a_user_function_that_fails_stops_the_run_before_any_call(store: AuditStore, tools: Tools) -> None:
+    from tether.core import TetherError
+
+    def broken(task: Any) -> str:
+        raise KeyError("customer")
+
+    bot, _ = agent(tools, calls(("lookup", {"query": "a"})), "done")
+    register_guard(bot, Guard(POLICY, store=store), user=broken)
+
+    with pytest.raises(TetherError, match="could not read the run's user"):
+        run(bot)
+    assert tools.ran == [] and events(store) == []
