@@ -523,7 +523,8 @@ def _server_name(workbench: Any) -> str:
 def _guarded_code(original: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(original)
     async def execute_code_blocks(self: Any, code_blocks: list[Any], *args: Any, **kwargs: Any) -> Any:
-        outputs, result = [], None
+        outputs: list[str] = []
+        result = None
         for block in code_blocks:
             try:
                 gate = await _decide(CODE_TOOL, {"language": block.language, "code": block.code}, None)
