@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import ModuleType
 from typing import IO, Any, TypeVar
@@ -60,6 +60,28 @@ async def await_until(check: Callable[[], Any], timeout: float, what: str, *, ev
             raise AssertionError(f"{what}: not within {timeout:g}s")
         await asyncio.sleep(every)
     return found
+
+
+def run_within(coroutine: Coroutine[Any, Any, T], timeout: float, what: str) -> T:
+    """Run ``coroutine`` on its own event loop and thread; fail (saying ``what``) after ``timeout``
+    s, even where cancelling it hangs too (``asyncio.wait_for`` alone then waits for ever)."""
+    outcome: list[Any] = []
+
+    def go() -> None:
+        try:
+            outcome.append((True, asyncio.run(asyncio.wait_for(coroutine, timeout))))
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=go, name=f"run_within: {what}", daemon=True)
+    thread.start()
+    thread.join(timeout + 5)
+    if not outcome:
+        raise AssertionError(f"{what}: did not end within {timeout:g}s (nor when cancelled)")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def read_line(stream: IO[str], timeout: float) -> str:

@@ -21,11 +21,14 @@ met in a run, so every model call of a run is recorded and screened: the agents'
 top-level ``run`` / ``run_stream`` is one session; a run inside a run (a ``SocietyOfMindAgent``'s
 inner team, an agent or team used as a tool, a team inside a team) stays in the outer run's
 session, so its taint and limits are the conversation's. The acting agent is the one whose
-``on_messages(_stream)`` is running. A tool run outside any run is decided under a fallback
-session of the most recently registered guard: nothing runs undecided.
+``on_messages(_stream)`` is running. A turn outside any run (``on_messages`` called directly, a
+team on a runtime the user started) is decided by the agent's own registration; a tool run
+outside any run and any registered agent's turn is decided under a fallback session of the most
+recently registered guard: nothing runs undecided.
 
 A refused call raises inside the tool, so AgentChat hands the model an error result carrying
-Tether's refusal (a refused handoff stops the run with that error: a handoff cannot be answered).
+Tether's refusal. A refused handoff is not raised (AgentChat cannot survive that): the agent's
+turn ends with the refusal as its text instead of the handoff, so the conversation stays with it.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from functools import wraps
 from typing import Any
 
 from autogen_agentchat.agents import BaseChatAgent
+from autogen_agentchat.base import Response
+from autogen_agentchat.messages import HandoffMessage, TextMessage
 from autogen_agentchat.teams import BaseGroupChat
 from autogen_core.code_executor import CodeExecutor, CodeResult
 from autogen_core.models import ChatCompletionClient, CreateResult, FunctionExecutionResultMessage
@@ -52,7 +57,7 @@ from autogen_core.tools import BaseTool, TextResultContent, ToolResult
 from tether.core import Decision, Guard, Mode, Session, TetherError, mcp_tool
 from tether.core.planners import Planner
 
-__all__ = ["CODE_TOOL", "Registration", "ToolRefused", "register_guard"]
+__all__ = ["CODE_TOOL", "Identity", "Registration", "ToolRefused", "register_guard"]
 
 log = logging.getLogger("tether.autogen")
 CODE_TOOL = "execute_code"  # the policy's name for running a code block: args {"language", "code"}
@@ -60,6 +65,10 @@ UNKNOWN_SERVER = "unknown-mcp-server"  # an MCP server that did not say its name
 _ATTR = "_tether_registration"
 _MAX_KEPT = 4096
 _ROLES = {"SystemMessage": "system", "AssistantMessage": "assistant", "FunctionExecutionResultMessage": "tool"}
+
+
+#: a user or tenant: fixed, or a function of each run's task (the messages, for a direct turn)
+Identity = str | Callable[[Any], "str | None"] | None
 
 
 class ToolRefused(TetherError):
@@ -70,10 +79,27 @@ class ToolRefused(TetherError):
 class _Run:
     registration: Registration
     session_id: str
+    user: str | None = None
+    tenant: str | None = None
+
+    def session(self, agent: str) -> Session:
+        return self.registration._session(agent, self)
+
+
+class _Turn:
+    """One agent's turn (its ``on_messages_stream``): the handoffs Tether refused in it."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self.refused_handoffs: set[str] = set()
+
+    def is_handoff(self, tool: Any) -> bool:
+        return any(tool is handoff for handoff in getattr(self.agent, "_handoff_tools", None) or ())
 
 
 _RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("tether_agentchat_run", default=None)
 _AGENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("tether_agentchat_agent", default=None)
+_TURN: contextvars.ContextVar[_Turn | None] = contextvars.ContextVar("tether_agentchat_turn", default=None)
 _IN_MODEL: contextvars.ContextVar[bool] = contextvars.ContextVar("tether_agentchat_in_model", default=False)
 _lock = threading.Lock()
 _latest: Registration | None = None
@@ -91,8 +117,8 @@ class Registration:
         self,
         guard: Guard,
         session_id: str | None,
-        user: str | None,
-        tenant: str | None,
+        user: Identity,
+        tenant: Identity,
         fallback: bool = False,
         planner: Planner | None = None,
     ) -> None:
@@ -111,20 +137,36 @@ class Registration:
         return run.session_id if run is not None and run.registration is self else self._current().session_id
 
     def session(self, agent: str, session_id: str | None = None) -> Session:
+        """The Tether session of ``agent`` in the run in this context (or the most recent run)."""
+        run = _RUN.get()
+        run = run if run is not None and run.registration is self else self._current()
+        return self._session(agent, run if session_id is None else _Run(self, session_id, run.user, run.tenant))
+
+    def _session(self, agent: str, run: _Run) -> Session:
         context = {"framework": "autogen-agentchat"}
         if self._fallback:
             context["attribution"] = "fallback"  # outside any guarded run: see the docs
-        sid = session_id or self.session_id
         return self.guard.session(
-            agent, sid, user=self._user, tenant=self._tenant, context=context, planner=self.planner
+            agent, run.session_id, user=run.user, tenant=run.tenant, context=context, planner=self.planner
         )
 
-    def _new_run(self) -> _Run:
-        self._last = _Run(self, self._fixed or os.urandom(8).hex())
+    def _new_run(self, task: Any = None) -> _Run:
+        user, tenant = self._identity(self._user, task, "user"), self._identity(self._tenant, task, "tenant")
+        self._last = _Run(self, self._fixed or os.urandom(8).hex(), user, tenant)
         return self._last
 
-    def _current(self) -> _Run:
-        return self._last if self._last is not None else self._new_run()
+    def _current(self, task: Any = None) -> _Run:
+        return self._last if self._last is not None else self._new_run(task)
+
+    @staticmethod
+    def _identity(source: Identity, task: Any, what: str) -> str | None:
+        if source is None or isinstance(source, str):
+            return source
+        try:
+            value = source(task)
+        except Exception as exc:
+            raise TetherError(f"Tether could not read the run's {what} from its task: {exc!r}") from exc
+        return None if value is None else str(value)
 
     @property
     def monitoring(self) -> bool:
@@ -136,12 +178,14 @@ def register_guard(
     guard: Guard,
     *,
     session_id: str | None = None,
-    user: str | None = None,
-    tenant: str | None = None,
+    user: Identity = None,
+    tenant: Identity = None,
     planner: Planner | None = None,
 ) -> Registration:
     """Put the runs of ``target`` (an agent or a team, with every agent and team inside it) under
-    ``guard`` (``planner``: a task scope for each session from its trusted request). Registering
+    ``guard`` (``planner``: a task scope for each session from its trusted request). ``user`` and
+    ``tenant`` are strings, or functions of each run's ``task`` (of the messages, for an agent's
+    ``on_messages`` called directly); a function that raises stops the run. Registering
     the same guard again is a no-op; a different guard raises :class:`TetherError`."""
     global _latest
     _install()
@@ -255,20 +299,24 @@ def _patch_members(target: Any) -> None:
 # -- runs and who acts ---------------------------------------------------------------------
 
 
-def _enter_run(target: Any) -> _Run | None:
+def _task(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    return kwargs.get("task", args[0] if args else None)
+
+
+def _enter_run(target: Any, task: Any = None) -> _Run | None:
     _patch_members(target)
     parent = _RUN.get()
     if parent is not None:
         return parent  # a run inside a run: the conversation's session
     registration = next((m.__dict__.get(_ATTR) for m in _members(target) if _ATTR in m.__dict__), None)
     registration = registration or _fallback()
-    return registration._new_run() if registration is not None else None
+    return registration._new_run(task) if registration is not None else None
 
 
 def _tracked_run(original: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(original)
     async def run(self: Any, *args: Any, **kwargs: Any) -> Any:
-        token, agent = _RUN.set(_enter_run(self)), _AGENT.set(_AGENT.get() or _name(self))
+        token, agent = _RUN.set(_enter_run(self, _task(args, kwargs))), _AGENT.set(_AGENT.get() or _name(self))
         try:
             return await original(self, *args, **kwargs)
         finally:
@@ -282,7 +330,7 @@ def _tracked_run_stream(original: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(original)
     async def run_stream(self: Any, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
         previous, acting = _RUN.get(), _AGENT.get()
-        _RUN.set(_enter_run(self))  # an async generator runs in its consumer's context: set back below
+        _RUN.set(_enter_run(self, _task(args, kwargs)))  # an async generator runs in its consumer's context
         _AGENT.set(acting or _name(self))
         try:
             async for item in original(self, *args, **kwargs):
@@ -294,13 +342,26 @@ def _tracked_run_stream(original: Callable[..., Any]) -> Callable[..., Any]:
     return run_stream
 
 
+def _own_run(agent: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Run | None:
+    """The run of an agent's turn: the run in this context; outside any (``on_messages`` called
+    directly, a team on a runtime the user started) the current run of the agent's own
+    registration, so its calls are decided by the guard it was registered with."""
+    run = _RUN.get()
+    if run is not None:
+        return run
+    registration: Registration | None = agent.__dict__.get(_ATTR)
+    return registration._current(kwargs.get("messages", args[0] if args else None)) if registration else None
+
+
 def _acting(original: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(original)
     async def on_messages(self: Any, *args: Any, **kwargs: Any) -> Any:
-        token = _AGENT.set(self.name)
+        own = _own_run(self, args, kwargs)
+        token, run = _AGENT.set(self.name), _RUN.set(own)
         try:
             return await original(self, *args, **kwargs)
         finally:
+            _RUN.reset(run)
             _AGENT.reset(token)
 
     return on_messages
@@ -309,15 +370,32 @@ def _acting(original: Callable[..., Any]) -> Callable[..., Any]:
 def _acting_stream(original: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(original)
     async def on_messages_stream(self: Any, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
-        previous = _AGENT.get()
-        _AGENT.set(self.name)
+        previous, previous_turn, previous_run = _AGENT.get(), _TURN.get(), _RUN.get()
+        turn, own = _Turn(self), _own_run(self, args, kwargs)
+        _AGENT.set(self.name)  # an async generator runs in its consumer's context: set back below
+        _TURN.set(turn)
+        _RUN.set(own)
         try:
             async for item in original(self, *args, **kwargs):
-                yield item
+                yield _kept_turn(item, turn)
         finally:
             _AGENT.set(previous)
+            _TURN.set(previous_turn)
+            _RUN.set(previous_run)
 
     return on_messages_stream
+
+
+def _kept_turn(item: Any, turn: _Turn) -> Any:
+    """A response handing off through a handoff Tether refused becomes the agent's text: the
+    refusal, so the conversation stays with the agent (a Swarm keeps its speaker)."""
+    if not (turn.refused_handoffs and isinstance(item, Response)):
+        return item
+    message = item.chat_message
+    if not isinstance(message, HandoffMessage) or message.content not in turn.refused_handoffs:
+        return item
+    text = TextMessage(content=message.content, source=message.source, models_usage=message.models_usage)
+    return Response(chat_message=text, inner_messages=item.inner_messages)
 
 
 # -- the tool waist ------------------------------------------------------------------------
@@ -330,7 +408,7 @@ async def _decide(tool: str, args: Mapping[str, Any], call_id: str | None) -> tu
     if run is None:
         return None
     try:
-        session = run.registration.session(_AGENT.get() or "agentchat", run.session_id)
+        session = run.session(_AGENT.get() or "agentchat")
         caused_by, call_id = _take(run.session_id, call_id, tool, args) or (None, call_id)
         decision = await session.abefore_tool(tool, dict(args), call_id=call_id, caused_by=caused_by)
         if decision.needs_approval:
@@ -358,7 +436,16 @@ def _guarded_run_json(original: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(original)
     async def run_json(self: Any, args: Mapping[str, Any], cancellation_token: Any, *rest: Any, **kw: Any) -> Any:
         call_id = kw.get("call_id", rest[0] if rest else None)
-        gate = await _decide(self.name, args, call_id)
+        try:
+            gate = await _decide(self.name, args, call_id)
+        except ToolRefused as refused:
+            turn = _TURN.get()
+            if turn is None or not turn.is_handoff(self):
+                raise
+            # AgentChat does not survive a handoff tool that raises (0.7 waits on it for ever):
+            # the refusal is the handoff's result, and the agent's turn ends with it as text
+            turn.refused_handoffs.add(str(refused))
+            return str(refused)
         if gate is None:
             return await original(self, args, cancellation_token, *rest, **kw)
         session, decision = gate
@@ -405,7 +492,11 @@ def _guarded_mcp_call(original: Callable[..., Any]) -> Callable[..., Any]:
         if gate is None:
             return await original(self, name, arguments, *rest, **kw)
         session, decision = gate
-        result = await original(self, name, dict(decision.args), *rest, **kw)
+        try:
+            result = await original(self, name, dict(decision.args), *rest, **kw)
+        except Exception as exc:  # the workbench failed (its server unreachable): recorded, raised on
+            await _seen(session, decision, None, error=exc)
+            raise
         text = result.to_text()
         try:
             seen = await _seen(session, decision, text, error=text if result.is_error else None)
@@ -432,7 +523,8 @@ def _server_name(workbench: Any) -> str:
 def _guarded_code(original: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(original)
     async def execute_code_blocks(self: Any, code_blocks: list[Any], *args: Any, **kwargs: Any) -> Any:
-        outputs, result = [], None
+        outputs: list[str] = []
+        result = None
         for block in code_blocks:
             try:
                 gate = await _decide(CODE_TOOL, {"language": block.language, "code": block.code}, None)
@@ -462,7 +554,7 @@ def _recorded_create(original: Callable[..., Any]) -> Callable[..., Any]:
         run = _RUN.get()
         if run is None or _IN_MODEL.get():
             return await original(self, messages, *args, **kwargs)
-        session = run.registration.session(_AGENT.get() or "agentchat", run.session_id)
+        session = run.session(_AGENT.get() or "agentchat")
         sent, request_id = await _request(session, self, messages)
         token = _IN_MODEL.set(True)
         try:
@@ -483,7 +575,7 @@ def _recorded_create_stream(original: Callable[..., Any]) -> Callable[..., Any]:
             async for chunk in original(self, messages, *args, **kwargs):
                 yield chunk
             return
-        session = run.registration.session(_AGENT.get() or "agentchat", run.session_id)
+        session = run.session(_AGENT.get() or "agentchat")
         sent, request_id = await _request(session, self, messages)
         async for chunk in original(self, sent, *args, **kwargs):
             if isinstance(chunk, CreateResult):
