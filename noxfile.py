@@ -44,7 +44,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install(*nox.project.dependency_groups(PYPROJECT, "typecheck"), "-e", "./core[mcp]")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "typecheck"), "-e", "./core[mcp,serve]")
     session.run("mypy", "core/src/tether/core")
 
 
@@ -52,7 +52,7 @@ def typecheck(session: nox.Session) -> None:
 def core(session: nox.Session) -> None:
     """The core's tests, the fault suite and the MCP gateway's, on SQLite, and on PostgreSQL
     when TETHER_TEST_POSTGRES_URL is set."""
-    session.install(*nox.project.dependency_groups(PYPROJECT, "test"), "-e", "./core[mcp]")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "test"), "-e", "./core[mcp,serve]")
     session.run("pytest", "tests/core", "tests/faults", "tests/mcp", *session.posargs)
 
 
