@@ -19,6 +19,10 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..approvals.queue import QueueApprover
 from ..audit.verify import verify_session
@@ -82,9 +86,10 @@ class Service:
         status = 403 if error.finding in ("wrong_agent", "wrong_tenant", "wrong_session") else 401
         return ApiError(status, str(error), error.finding)
 
-    def authenticate(self, request: Request, bearer: HTTPAuthorizationCredentials | None) -> Credential:
+    def authenticate(self, request: Request) -> Credential:
+        scheme, secret = get_authorization_scheme_param(request.headers.get("authorization"))
         try:
-            return self.credentials.authenticate(bearer.credentials if bearer else None)
+            return self.credentials.authenticate(secret if scheme.lower() == "bearer" else None)
         except IdentityError as exc:
             raise self.refuse(exc, request) from None
 
@@ -116,6 +121,36 @@ class Service:
         return pending_out(pending, decision.event_id)
 
 
+class Authenticate:
+    """Authenticate every request before anything reads its body (so a request without a valid
+    credential learns nothing, not even whether its body parses); the documentation is public."""
+
+    def __init__(self, app: ASGIApp, service: Service, public: frozenset[str]) -> None:
+        self.app, self.service, self.public = app, service, public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or _route_path(scope) in self.public:
+            await self.app(scope, receive, send)
+            return
+        try:
+            credential = await run_in_threadpool(self.service.authenticate, Request(scope))
+        except ApiError as exc:
+            await _error(exc.status, str(exc), exc.finding)(scope, receive, send)
+            return
+        except Exception as exc:  # the credentials' store is down, or worse: refuse
+            log.exception("could not authenticate a request")
+            await _error(503, f"Tether cannot check credentials now: {type(exc).__name__}")(scope, receive, send)
+            return
+        scope = {**scope, "state": {**scope.get("state", {}), "credential": credential}}
+        await self.app(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The request's path inside this app (past the path it is mounted at)."""
+    path, root = str(scope["path"]), str(scope.get("root_path", ""))
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 def decision_out(decision: Decision, decision_id: str) -> DecisionOut:
     rewritten = decision.args != decision.call.args
     return DecisionOut(
@@ -137,10 +172,18 @@ def pending_out(pending: Pending, decision_id: str) -> DecisionOut:
     return out.model_copy(update={"approval_id": pending.approval_id})
 
 
-def _install_errors(app: FastAPI) -> None:
+def install_errors(app: FastAPI) -> None:
+    """Answer every error as :class:`ErrorOut` JSON; whatever fails inside Tether as 503."""
+
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, str(exc), exc.finding)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:  # a body that is not JSON, a 405...
+        response = _error(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(StoreError)
     async def store_error(_: Request, exc: StoreError) -> JSONResponse:
@@ -168,16 +211,22 @@ def api_app(guard: Guard, *, max_body: int = MAX_BODY) -> FastAPI:
         responses=ERRORS,
     )
     app.state.tether = service
-    _install_errors(app)
+    install_errors(app)
     _routes(app, service)
     app.add_middleware(BodyLimit, limit=max_body)
+    public = frozenset(
+        url for url in (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if url
+    )
+    app.add_middleware(Authenticate, service=service, public=public)  # outermost: before the body is read
     return app
 
 
-def _agent(request: Request, bearer: Bearer) -> Credential:
-    """The credential a request carries, authenticated (or refused and audited)."""
-    service: Service = request.app.state.tether
-    return service.authenticate(request, bearer)
+def _agent(request: Request, _: Bearer) -> Credential:
+    """The credential :class:`Authenticate` found valid (``Bearer`` documents the scheme)."""
+    credential = getattr(request.state, "credential", None)
+    if not isinstance(credential, Credential):
+        raise ApiError(401, "no credential was presented", "missing")
+    return credential
 
 
 Agent = Annotated[Credential, Depends(_agent)]
@@ -284,5 +333,6 @@ def factory() -> FastAPI:
         guard.close()
 
     root = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
+    install_errors(root)  # a path the mount does not match (a newline in it) answers in the API's shape
     root.mount(f"/{VERSION}", api_app(guard, max_body=int(os.environ.get("TETHER_MAX_BODY") or MAX_BODY)))
     return root
