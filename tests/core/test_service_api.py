@@ -207,3 +207,39 @@ def test_refusals_are_chained_in_the_audit(server: Server) -> None:
         assert verify_session(store.key, store.session_events(REFUSALS)).ok
     finally:
         store.close()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # starlette's test client on plain httpx
+def test_a_failure_inside_tether_answers_503_or_a_denial_never_an_allow(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from tether.core import Guard
+    from tether.core.errors import StoreError
+    from tether.core.service.api import api_app
+
+    from .service_server import POLICY
+
+    with Guard(POLICY, store=f"sqlite:///{tmp_path / 'a.db'}") as guard:
+        secret = Credentials(guard.store).create("bot")[1]
+        client = TestClient(api_app(guard), raise_server_exceptions=False, headers=_auth(secret))
+        session = _session(client)  # type: ignore[arg-type]
+        decision = client.post(f"/sessions/{session}/tool-calls", json={"tool": "search", "args": {}}).json()
+        held = client.app.state.tether.sessions.get(session)  # type: ignore[attr-defined]
+
+        def broken(*_: object, **__: object) -> None:
+            raise RuntimeError("detector crashed")
+
+        held.session.after_tool = broken
+        crashed = client.post(f"/sessions/{session}/tool-calls/{decision['decision_id']}/result", json={"output": "x"})
+        assert crashed.status_code == 503 and "Traceback" not in crashed.text
+        assert crashed.json() == {"error": "Tether failed: RuntimeError (nothing was allowed)", "finding": None}
+
+        def down(*_: object, **__: object) -> None:
+            raise StoreError("the store is down")
+
+        held.session.before_model = down
+        unavailable = client.post(f"/sessions/{session}/model-requests", json={"messages": "hi"})
+        assert unavailable.status_code == 503 and "nothing was allowed" in unavailable.json()["error"]
+        guard.policy.plan = broken  # type: ignore[method-assign]  # deciding itself fails
+        denied = client.post(f"/sessions/{session}/tool-calls", json={"tool": "search", "args": {}}).json()
+        assert (denied["verdict"], denied["allowed"]) == ("deny", False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -107,18 +108,18 @@ class Service:
 
     def decided(self, held: Held, decision: Decision) -> DecisionOut:
         """Keep ``decision`` for its result and answer it; one needing approval is queued."""
-        assert decision.event_id is not None  # every decision the guard returns is recorded
+        decision_id = decision.event_id or secrets.token_hex(16)  # a denial after a failure may have none
         if not decision.needs_approval:
-            held.keep(decision.event_id, decision)
-            return decision_out(decision, decision.event_id)
+            held.keep(decision_id, decision)
+            return decision_out(decision, decision_id)
         if not self.sessions.pending.acquire(blocking=False):
             denied = held.session.settle(decision, None, unanswered="too many approvals pending in this service")
-            held.keep(decision.event_id, denied)
-            return decision_out(denied, decision.event_id)
+            held.keep(decision_id, denied)
+            return decision_out(denied, decision_id)
         pending = Pending(held.session, decision, self.approver, self.sessions.pending)
-        held.keep(decision.event_id, pending)
+        held.keep(decision_id, pending)
         pending.queued(QUEUED_WAIT)
-        return pending_out(pending, decision.event_id)
+        return pending_out(pending, decision_id)
 
 
 class Authenticate:
