@@ -125,7 +125,9 @@ def test_a_request_without_a_valid_credential_is_refused_before_mcp(proxy: Proxy
     for headers in ({}, {"Authorization": "Bearer tth_nothing_here"}, {"Authorization": f"Bearer {revoked}"}):
         answer = httpx.post(gateway, json=body, headers={**headers, "Accept": "application/json, text/event-stream"})
         assert answer.status_code == 401
-    assert proxy.events() == []
+    # nothing reached MCP; each presented credential is recorded as an identity finding
+    refusals = [(e.kind, e.details["finding"], e.details["via"]) for e in proxy.events()]
+    assert refusals == [("identity", "malformed", "mcp"), ("identity", "revoked", "mcp")]
 
 
 def test_an_mcp_session_cannot_be_used_with_another_agents_credential(proxy: Proxy, gateway: str) -> None:

@@ -19,13 +19,16 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from .audit.events import Kind, NewEvent
 from .audit.schema import credentials as table
 from .audit.store import AuditStore
 from .errors import StoreError, TetherError
+from .values import canonical_json
 
 PREFIX = "tth"
 _ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
 _ID_LENGTH = 12
+REFUSALS = "tether:identity"  # the audit session that records refused credentials
 
 
 class IdentityError(TetherError):
@@ -46,6 +49,16 @@ class Credential:
     created_us: int
     expires_us: int | None
     revoked_us: int | None
+
+    def check(self, agent: str | None = None, tenant: str | None = None) -> None:
+        """Raise :class:`IdentityError` unless this credential may act as ``agent`` (when given)
+        in ``tenant``."""
+        if agent is not None and agent != self.agent:
+            why = f"credential {self.id} identifies {self.agent!r}, not {agent!r}"
+            raise IdentityError("wrong_agent", why, self.id)
+        if self.tenants is not None and (tenant or "") not in self.tenants:
+            why = f"credential {self.id} is not valid for tenant {tenant or '(none)'!r}"
+            raise IdentityError("wrong_tenant", why, self.id)
 
     def state(self, now_us: int) -> str:
         if self.revoked_us is not None:
@@ -153,18 +166,7 @@ class Credentials:
         state = credential.state(_now_us())
         if state != "active":
             raise IdentityError(state, f"credential {credential.id} of {credential.agent!r} is {state}", credential.id)
-        if agent is not None and agent != credential.agent:
-            raise IdentityError(
-                "wrong_agent",
-                f"credential {credential.id} identifies {credential.agent!r}, not {agent!r}",
-                credential.id,
-            )
-        if credential.tenants is not None and (tenant or "") not in credential.tenants:
-            raise IdentityError(
-                "wrong_tenant",
-                f"credential {credential.id} is not valid for tenant {tenant or '(none)'!r}",
-                credential.id,
-            )
+        credential.check(agent, tenant)
         return credential
 
     @contextlib.contextmanager
@@ -175,3 +177,28 @@ class Credentials:
                 yield connection
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"credentials in {self.store.location} are unavailable: {exc}") from exc
+
+
+def record_refusal(
+    store: AuditStore, error: IdentityError, *, via: str, agent: str | None = None, **details: str | None
+) -> None:
+    """Record in the audit that a request was refused for ``error`` (an identity finding):
+    ``via`` names the door it came through (``api``, ``mcp``), ``agent`` the agent it claimed or
+    its credential named. Refusals are chained in their own session, :data:`REFUSALS`. A store
+    that cannot record it raises :class:`StoreError`; the request stays refused either way."""
+    agent = agent[:200] if agent else None  # a claimed name is the caller's: keep it bounded
+    record = {"finding": error.finding, "reason": str(error), "credential_id": error.credential_id, "via": via}
+    event = NewEvent(
+        secrets.token_hex(16),
+        _now_us(),
+        REFUSALS,
+        Kind.IDENTITY,
+        agent,
+        None,
+        None,
+        None,
+        None,
+        "deny",
+        canonical_json({**record, **details}),
+    )
+    store.append([event])

@@ -22,6 +22,7 @@ class Kind:
     INPUT = "input"  # trusted input: the user's request, the system prompt
     SCOPE = "scope"  # the task scope a session's risky calls are held to (or why it has none)
     GAP = "audit.gap"  # monitor mode: events that could not be recorded while the store was down
+    IDENTITY = "identity"  # a request refused because its credential did not prove its agent
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,8 @@ def summary(event: AuditEvent) -> str:
         who += f" tenant={event.tenant}" if event.tenant else ""
         who += f" started by session {d['parent_session']}" if d.get("parent_session") else ""
         return f"session started ({d.get('mode')} mode, policy {str(d.get('policy'))[:12]}){who}"
+    if event.kind == Kind.IDENTITY:
+        return f"REFUSED {d.get('via')} request ({d.get('finding')}): {d.get('reason')}"
     if event.kind == Kind.GAP:
         span = (int(d.get("to_us", 0)) - int(d.get("from_us", 0))) / 1e6
         return f"AUDIT GAP: {d.get('missed')} event(s) over {span:.1f} s not recorded (store failed: {d.get('error')})"

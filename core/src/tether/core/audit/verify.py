@@ -91,6 +91,28 @@ def verify(
     return report
 
 
+def verify_session(key: bytes, rows: Iterable[AuditEvent]) -> Report:
+    """Check one session's events (oldest first) on their own: each event's content against its
+    hash, and the session's chain for gaps and rewrites. The log's chain across sessions, and
+    checkpoints against truncation, need the whole log: :func:`verify`."""
+    report = Report(sessions=1)
+    last_seq, last_hash = -1, GENESIS
+    for event in rows:
+        report.events += 1
+        report.last_id, report.head = event.id, event.hash
+        where = f"event #{event.seq} ({event.kind})"
+        if event_hash(key, event, event.seq, event.prev_hash, event.log_prev) != event.hash:
+            report.problems.append(
+                _problem("edited", f"{where} was edited: its content does not match its hash", event)
+            )
+        if event.seq != last_seq + 1:
+            report.problems.append(_problem("missing", f"{where} follows #{last_seq}: events are missing", event))
+        elif event.prev_hash != last_hash:
+            report.problems.append(_problem("edited", f"{where} does not follow #{last_seq}: rewritten", event))
+        last_seq, last_hash = event.seq, event.hash
+    return report
+
+
 def _against(
     key: bytes | None, public_key: str | None, checkpoint: Checkpoint, report: Report, reached: set[int]
 ) -> list[Problem]:

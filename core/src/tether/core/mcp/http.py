@@ -25,7 +25,8 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ..credentials import Credentials, IdentityError
+from ..credentials import Credentials, IdentityError, record_refusal
+from ..errors import StoreError
 from .gateway import Streams, Upstream
 
 log = logging.getLogger("tether.mcp")
@@ -44,9 +45,16 @@ class CredentialVerifier:
             credential = await anyio.to_thread.run_sync(self.credentials.authenticate, token)
         except IdentityError as exc:
             log.warning("refused an MCP client (%s): %s", exc.finding, exc)
+            await anyio.to_thread.run_sync(self._record, exc)
             return None
         expires = credential.expires_us // 1_000_000 if credential.expires_us is not None else None
         return AccessToken(token=credential.id, client_id=credential.agent, scopes=[], expires_at=expires)
+
+    def _record(self, refused: IdentityError) -> None:
+        try:
+            record_refusal(self.credentials.store, refused, via="mcp")
+        except StoreError as exc:
+            log.error("could not audit a refused MCP client: %s", exc)
 
 
 def upstream_url(url: str, headers: dict[str, str] | None = None, timeout: float = 60.0) -> Upstream:

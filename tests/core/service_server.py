@@ -1,0 +1,87 @@
+"""A live decision API: uvicorn in a subprocess on 127.0.0.1, on a free port, for the tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support import wait_until
+from tether.core import AuditStore, Credentials
+
+POLICY: dict[str, Any] = {
+    "version": 1,
+    "approvals": {"timeout": "3s"},
+    "tools": {
+        "search": {"effects": ["read"]},
+        "lookup_customer": {"effects": ["read"]},
+        "delete_file": {"effects": ["delete"]},
+        "refund": {"effects": ["money"]},
+    },
+    "agents": {
+        "bot": {
+            "purpose": "answer customers",
+            "owner": "support@acme.example",
+            "data": [],  # may see no personal data or secrets: tool output is redacted
+            "tools": {"search": "allow", "lookup_customer": "allow", "refund": {"ask": "args.amount > 50"}},
+        },
+        "other-bot": {"purpose": "another team's agent", "owner": "ops@acme.example", "tools": {"search": "allow"}},
+    },
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Server:
+    url: str  # the API's base, ending in /v1
+    store_url: str
+
+    def store(self) -> AuditStore:
+        return AuditStore(self.store_url)
+
+    def credential(self, agent: str, **options: Any) -> str:
+        store = self.store()
+        try:
+            return Credentials(store).create(agent, **options)[1]
+        finally:
+            store.close()
+
+
+@contextlib.contextmanager
+def serving(directory: Path, *, max_body: int = 65_536) -> Iterator[Server]:
+    policy = directory / "policy.yaml"
+    policy.write_text(yaml.safe_dump(POLICY))
+    store_url = f"sqlite:///{directory / 'audit.db'}"
+    AuditStore(store_url).close()  # created before the server and the tests open it
+    port = free_port()
+    env = {**os.environ, "TETHER_POLICY": str(policy), "TETHER_STORE": store_url, "TETHER_MAX_BODY": str(max_body)}
+    command = [sys.executable, "-m", "uvicorn", "--factory", "tether.core.service.api:factory"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    log = (directory / "server.log").open("wb")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: listening(port) or process.poll() is not None, 60, f"the decision API on port {port}")
+        assert process.poll() is None, (directory / "server.log").read_text()
+        yield Server(f"http://127.0.0.1:{port}/v1", store_url)
+    finally:
+        process.terminate()
+        process.wait(30)
+        log.close()
