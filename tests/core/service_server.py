@@ -38,6 +38,9 @@ POLICY: dict[str, Any] = {
 }
 
 
+SIGN_IN_TOKEN = "t" * 24  # an approver's, for the page served beside the API
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -66,15 +69,21 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(directory: Path, *, max_body: int = 65_536) -> Iterator[Server]:
+def serving(directory: Path, *, max_body: int = 65_536, cli: bool = False) -> Iterator[Server]:
+    """The API served alone by uvicorn's factory, or (``cli``) by ``tether serve --policy`` beside
+    the approvals page, as an operator runs it."""
     policy = directory / "policy.yaml"
     policy.write_text(yaml.safe_dump(POLICY))
     store_url = f"sqlite:///{directory / 'audit.db'}"
     AuditStore(store_url).close()  # created before the server and the tests open it
     port = free_port()
     env = {**os.environ, "TETHER_POLICY": str(policy), "TETHER_STORE": store_url, "TETHER_MAX_BODY": str(max_body)}
-    command = [sys.executable, "-m", "uvicorn", "--factory", "tether.core.service.api:factory"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    if cli:
+        command = [sys.executable, "-m", "tether.core.cli", "serve", "--policy", str(policy), "--store", store_url]
+        command += ["--port", str(port), "--token", f"alice={SIGN_IN_TOKEN}"]
+    else:
+        command = [sys.executable, "-m", "uvicorn", "--factory", "tether.core.service.api:factory"]
+        command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     log = (directory / "server.log").open("wb")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -72,6 +72,17 @@ def test_an_allowed_call_and_its_redacted_result(server: Server, bot: httpx.Clie
     assert "AKIAIOSFODNN7EXAMPLE" not in json.dumps(audit)
 
 
+def test_tether_serve_with_a_policy_serves_the_api_beside_the_approvals_page(tmp_path: Path) -> None:
+    with serving(tmp_path, cli=True) as running:
+        agent = httpx.Client(base_url=running.url, headers=_auth(running.credential("bot")), timeout=30)
+        session = _session(agent)
+        decided = agent.post(f"/sessions/{session}/tool-calls", json={"tool": "delete_file", "args": {"path": "/"}})
+        assert decided.json()["verdict"] == "deny"
+        assert agent.post("/sessions", json={}, headers={"Authorization": "Bearer forged"}).status_code == 401
+        page = httpx.get(running.url.removesuffix("/v1") + "/", follow_redirects=True, timeout=30)
+        assert page.status_code == 200 and "Sign in" in page.text  # the page asks people to sign in
+
+
 def test_a_denied_call_says_why_and_has_no_result(bot: httpx.Client) -> None:
     session = _session(bot)
     decision = bot.post(f"/sessions/{session}/tool-calls", json={"tool": "delete_file", "args": {"path": "/"}}).json()

@@ -629,13 +629,19 @@ def _answer(store: str | None, approval_id: str, **answer: Any) -> None:
     "policy_path",
     type=click.Path(exists=True, dir_okay=False),
     envvar="TETHER_POLICY",
-    help="Policy whose tool descriptions and effects the page shows (default: $TETHER_POLICY).",
+    help="Policy the decision API enforces at /v1 and whose tool descriptions and effects the page "
+    "shows (default: $TETHER_POLICY). Without one, only the approvals page is served.",
 )
 def serve(store: str | None, host: str, port: int, tokens: tuple[str, ...], policy_path: str | None) -> None:
-    """Serve a web page to answer approval requests (sign-in required; needs tether[serve])."""
+    """Serve the approvals page (sign-in required) and, with a policy, the decision API at /v1
+    (agent credentials required); needs tether[serve]."""
+    from .guard import Guard
+
     try:
+        from .service.api import api_app
         from .service.app import approvals_app
-        from .service.run import listen
+        from .service.limits import MAX_BODY
+        from .service.run import Limits, listen
         from .service.run import serve as run
     except ImportError as exc:
         raise click.ClickException(f"tether serve needs the serve extra: pip install 'tether[serve]' ({exc})") from None
@@ -651,18 +657,26 @@ def serve(store: str | None, host: str, port: int, tokens: tuple[str, ...], poli
         known[shared] = None
         click.echo(f"sign-in token (shared; people give their name): {shared}")
     opened = _open(store)
-    app = approvals_app(opened, known, policy=load_policy(policy_path) if policy_path else None)
+    policy = load_policy(policy_path) if policy_path else None
+    guard = Guard(policy, store=opened) if policy is not None else None
+    mounts = {"/v1": api_app(guard)} if guard is not None else {}
+    app = approvals_app(opened, known, policy=policy, mounts=mounts)
     try:
         sock = listen(host, port)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from None
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: listening on {host} without TLS; put the page behind a TLS proxy", err=True)
-    click.echo(f"approvals: http://{host}:{sock.getsockname()[1]}/  (store {opened.location}); Ctrl-C stops")
-    try:
-        run(app, sock)
+    address = f"http://{host}:{sock.getsockname()[1]}"
+    click.echo(f"approvals: {address}/  (store {opened.location}); Ctrl-C stops")
+    if guard is not None:
+        click.echo(f"decision API: {address}/v1  (OpenAPI document at /v1/openapi.json)")
+    try:  # an API request's JSON may be larger than a form
+        run(app, sock, Limits(body=MAX_BODY) if guard is not None else None)
     finally:
         sock.close()
+        if guard is not None:
+            guard.close()
 
 
 @main.command()
