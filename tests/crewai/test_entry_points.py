@@ -34,7 +34,8 @@ DERIVES = "derives an object that keeps the step guard (tested below)"
 THROUGH_KICKOFF = "runs the flow through kickoff / kickoff_async / handle_turn (checked in its source below)"
 MODEL_ONLY = "one model call for a conversational flow's turn, no tools: recorded within the flow's run"
 THROUGH_AGENT = "runs through Agent.execute_task, which opens the agent's frame (tested below)"
-RESTORES = "builds a new object from a checkpoint file: guard the restored object, as any new one"
+RESTORES = "restores from a checkpoint: keeps the step guard, or its runs are refused (test_checkpoints.py)"
+FROM_PENDING = "rebuilds a flow awaiting human feedback from its persisted state: guard it, as any new flow"
 NOT_A_RUN = "not a run: configuration, validation, builders, memory, knowledge, rendering"
 
 
@@ -103,7 +104,8 @@ INVENTORY: dict[type[Any], dict[str, str]] = {
         **dict.fromkeys(["kickoff", "kickoff_async", "akickoff", "resume", "resume_async"], RUN),
         **dict.fromkeys(["chat", "handle_turn", "stream_turn", "stream_events", "astream"], THROUGH_KICKOFF),
         "converse_turn": MODEL_ONLY,
-        **dict.fromkeys(["from_checkpoint", "fork", "from_pending"], RESTORES),
+        **dict.fromkeys(["from_checkpoint", "fork"], RESTORES),
+        "from_pending": FROM_PENDING,
         **dict.fromkeys(
             names(
                 """answer_from_history_turn append_agent_result append_assistant_message append_message ask
@@ -135,6 +137,9 @@ def test_every_run_entry_point_opens_the_runs_session(cls: type[Any], scenario_s
     for name, kind in INVENTORY[cls].items():
         if kind == RUN and name in present:
             assert getattr(getattr(cls, name), "_tether_installed", False), f"{cls.__name__}.{name} is not wrapped"
+    if "from_checkpoint" in present:  # fork and kickoff(from_checkpoint=...) restore through it
+        wrapped = getattr(cls.from_checkpoint, "_tether_installed", False)
+        assert wrapped, f"{cls.__name__}.from_checkpoint is not wrapped"
 
 
 def test_flow_methods_that_run_it_go_through_kickoff() -> None:

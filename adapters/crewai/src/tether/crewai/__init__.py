@@ -29,11 +29,14 @@ from crewai.tools.base_tool import BaseTool
 from tether.core import Guard, TetherError
 from tether.core.planners import Planner
 
-from ._install import cover_tool_classes, install
+from ._checkpoints import remember
+from ._install import cover_tool_classes, install, install_restores
 from ._models import record_calls_of
 from ._scope import FRAMEWORK_AGENT, Identity, StepGuard, mark, step_guard_of
 
 __all__ = ["FRAMEWORK_AGENT", "StepGuard", "enable_step_guard"]
+
+install_restores()  # a crew restored from a guarded crew's checkpoint is never run unseen
 
 
 def enable_step_guard(
@@ -67,8 +70,10 @@ def enable_step_guard(
     names = _mcp_names(mcp_servers)
     step_guard = StepGuard(guard, session_id=session_id, user=user, tenant=tenant, mcp_names=names, planner=planner)
     mark(target, step_guard)
+    remember(target, step_guard)
     for agent in agents:
         mark(agent, step_guard)
+        remember(agent, step_guard)
         for tool in getattr(agent, "tools", None) or ():
             if isinstance(tool, BaseTool):
                 mark(tool, step_guard)
