@@ -79,6 +79,7 @@ def two_task_crew() -> Crew:
             Task(description="Look at the ticket.", expected_output="x", agent=agent),
             Task(description="Now close the account.", expected_output="x", agent=agent),
         ],
+        cache=False,  # a repeated call runs again (not answered from CrewAI's tool cache)
     )
 
 
