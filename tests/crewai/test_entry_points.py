@@ -446,3 +446,80 @@ def test_unguarded_crews_are_left_alone(scenario_store: AuditStore) -> None:
     crew_with(log, [DELETE]).kickoff()
     assert log.ran("delete_account") == [{"user_id": "u1"}]  # not ours to decide
     assert decisions(scenario_store) == []
+
+
+# -- runs driven twice: each its own session ----------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", ["kickoff", "kickoff_async", "akickoff"])
+def test_two_runs_of_a_guarded_flow_are_two_sessions(entry: str, native: bool, scenario_store: AuditStore) -> None:
+    log = ToolLog()
+    flow = SupportFlow()
+    flow.log, flow.native = log, native
+    enable_step_guard(flow, make_guard(scenario_store))
+    for _ in range(2):
+        result = getattr(flow, entry)()
+        if inspect.iscoroutine(result):
+            asyncio.run(result)
+    denied_once(scenario_store, log, runs=2)
+
+
+@pytest.mark.parametrize("entry", ["kickoff", "kickoff_async", "akickoff"])
+def test_two_kickoffs_of_a_guarded_agent_are_two_sessions(entry: str, native: bool, scenario_store: AuditStore) -> None:
+    log = ToolLog()
+    agent = agent_of(ScriptedLLM([DELETE], [], [DELETE], [], native=native), log)
+    enable_step_guard(agent, make_guard(scenario_store))
+    AGENT_RUNS[entry](agent)
+    AGENT_RUNS[entry](agent)
+    denied_once(scenario_store, log, runs=2)
+    assert {d.agent for d in decisions(scenario_store)} == {AGENT}
+
+
+@pytest.mark.parametrize("entry", ["kickoff_for_each", "kickoff_for_each_async", "akickoff_for_each"])
+def test_kickoff_for_each_with_native_function_calling_is_one_session_per_input(
+    entry: str, scenario_store: AuditStore
+) -> None:
+    log = ToolLog()
+    crew = crew_of(ScriptedLLM(respond=delete_until_refused, native=True), log)
+    enable_step_guard(crew, make_guard(scenario_store))
+    result = getattr(crew, entry)(inputs=[{"n": "1"}, {"n": "2"}])
+    if inspect.iscoroutine(result):
+        asyncio.run(result)
+    denied_once(scenario_store, log, runs=2)
+    assert all(d.details.get("call_id") == DELETE.id for d in decisions(scenario_store, "delete_account"))
+
+
+class JudgeLLM(ScriptedLLM):
+    """The evaluator model of ``Crew.test``: scores every task 9."""
+
+    def call(self, messages: Any, tools: Any = None, *args: Any, **kwargs: Any) -> Any:
+        self.inputs.append(json.dumps(messages, default=str))
+        return 'Thought: I know the answer\nFinal Answer: {"quality": 9.0}'
+
+
+def test_crew_test_runs_a_governed_copy(scenario_store: AuditStore) -> None:
+    log = ToolLog()
+    crew = crew_of(ScriptedLLM(respond=delete_until_refused), log)
+    enable_step_guard(crew, make_guard(scenario_store))
+    judge = JudgeLLM()
+    crew.test(n_iterations=2, eval_llm=judge)
+    denied_once(scenario_store, log, runs=2)  # each iteration a run of its own
+    assert judge.inputs, "the evaluator never ran"
+
+
+def test_crew_train_runs_a_governed_copy(
+    scenario_store: AuditStore, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    try:
+        from crewai.agents.agent_executor import AgentExecutor
+    except ImportError:  # CrewAI 1.14
+        from crewai.experimental.agent_executor import AgentExecutor
+    if not hasattr(AgentExecutor, "_format_feedback_message"):
+        pytest.skip("CrewAI 1.14's agent executor fails on a trainer's feedback (no _format_feedback_message)")
+    monkeypatch.chdir(tmp_path)  # CrewAI writes its training data to the working directory
+    monkeypatch.setattr("builtins.input", lambda *args: "fine")  # the trainer's feedback
+    log = ToolLog()
+    crew = crew_of(ScriptedLLM(respond=delete_until_refused), log)
+    enable_step_guard(crew, make_guard(scenario_store))
+    crew.train(n_iterations=2, filename=str(tmp_path / "trained.pkl"))
+    denied_once(scenario_store, log, runs=2)
