@@ -163,7 +163,8 @@ nox.options.sessions.append("langgraph")
 def crewai(session: nox.Session, version: str) -> None:
     """CrewAI's tool-call and LLM-call hooks, on the oldest and newest releases the step guard supports."""
     session.env.update(CREWAI_DISABLE_TELEMETRY="true", OTEL_SDK_DISABLED="true", CREWAI_TRACING_ENABLED="false")
-    adapter_tests(session, "crewai", f"crewai=={version}")
+    # crewai-tools for its MCPServerAdapter (the MCP route besides an agent's mcps=), released with CrewAI
+    adapter_tests(session, "crewai", f"crewai=={version}", f"crewai-tools[mcp]=={version}")
 
 
 nox.options.sessions.append("crewai")

@@ -34,7 +34,8 @@ DERIVES = "derives an object that keeps the step guard (tested below)"
 THROUGH_KICKOFF = "runs the flow through kickoff / kickoff_async / handle_turn (checked in its source below)"
 MODEL_ONLY = "one model call for a conversational flow's turn, no tools: recorded within the flow's run"
 THROUGH_AGENT = "runs through Agent.execute_task, which opens the agent's frame (tested below)"
-RESTORES = "builds a new object from a checkpoint file: guard the restored object, as any new one"
+RESTORES = "restores from a checkpoint: keeps the step guard, or its runs are refused (test_checkpoints.py)"
+FROM_PENDING = "rebuilds a flow awaiting human feedback from its persisted state: guard it, as any new flow"
 NOT_A_RUN = "not a run: configuration, validation, builders, memory, knowledge, rendering"
 
 
@@ -103,7 +104,8 @@ INVENTORY: dict[type[Any], dict[str, str]] = {
         **dict.fromkeys(["kickoff", "kickoff_async", "akickoff", "resume", "resume_async"], RUN),
         **dict.fromkeys(["chat", "handle_turn", "stream_turn", "stream_events", "astream"], THROUGH_KICKOFF),
         "converse_turn": MODEL_ONLY,
-        **dict.fromkeys(["from_checkpoint", "fork", "from_pending"], RESTORES),
+        **dict.fromkeys(["from_checkpoint", "fork"], RESTORES),
+        "from_pending": FROM_PENDING,
         **dict.fromkeys(
             names(
                 """answer_from_history_turn append_agent_result append_assistant_message append_message ask
@@ -135,6 +137,9 @@ def test_every_run_entry_point_opens_the_runs_session(cls: type[Any], scenario_s
     for name, kind in INVENTORY[cls].items():
         if kind == RUN and name in present:
             assert getattr(getattr(cls, name), "_tether_installed", False), f"{cls.__name__}.{name} is not wrapped"
+    if "from_checkpoint" in present:  # fork and kickoff(from_checkpoint=...) restore through it
+        wrapped = getattr(cls.from_checkpoint, "_tether_installed", False)
+        assert wrapped, f"{cls.__name__}.from_checkpoint is not wrapped"
 
 
 def test_flow_methods_that_run_it_go_through_kickoff() -> None:
@@ -441,3 +446,80 @@ def test_unguarded_crews_are_left_alone(scenario_store: AuditStore) -> None:
     crew_with(log, [DELETE]).kickoff()
     assert log.ran("delete_account") == [{"user_id": "u1"}]  # not ours to decide
     assert decisions(scenario_store) == []
+
+
+# -- runs driven twice: each its own session ----------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", ["kickoff", "kickoff_async", "akickoff"])
+def test_two_runs_of_a_guarded_flow_are_two_sessions(entry: str, native: bool, scenario_store: AuditStore) -> None:
+    log = ToolLog()
+    flow = SupportFlow()
+    flow.log, flow.native = log, native
+    enable_step_guard(flow, make_guard(scenario_store))
+    for _ in range(2):
+        result = getattr(flow, entry)()
+        if inspect.iscoroutine(result):
+            asyncio.run(result)
+    denied_once(scenario_store, log, runs=2)
+
+
+@pytest.mark.parametrize("entry", ["kickoff", "kickoff_async", "akickoff"])
+def test_two_kickoffs_of_a_guarded_agent_are_two_sessions(entry: str, native: bool, scenario_store: AuditStore) -> None:
+    log = ToolLog()
+    agent = agent_of(ScriptedLLM([DELETE], [], [DELETE], [], native=native), log)
+    enable_step_guard(agent, make_guard(scenario_store))
+    AGENT_RUNS[entry](agent)
+    AGENT_RUNS[entry](agent)
+    denied_once(scenario_store, log, runs=2)
+    assert {d.agent for d in decisions(scenario_store)} == {AGENT}
+
+
+@pytest.mark.parametrize("entry", ["kickoff_for_each", "kickoff_for_each_async", "akickoff_for_each"])
+def test_kickoff_for_each_with_native_function_calling_is_one_session_per_input(
+    entry: str, scenario_store: AuditStore
+) -> None:
+    log = ToolLog()
+    crew = crew_of(ScriptedLLM(respond=delete_until_refused, native=True), log)
+    enable_step_guard(crew, make_guard(scenario_store))
+    result = getattr(crew, entry)(inputs=[{"n": "1"}, {"n": "2"}])
+    if inspect.iscoroutine(result):
+        asyncio.run(result)
+    denied_once(scenario_store, log, runs=2)
+    assert all(d.details.get("call_id") == DELETE.id for d in decisions(scenario_store, "delete_account"))
+
+
+class JudgeLLM(ScriptedLLM):
+    """The evaluator model of ``Crew.test``: scores every task 9."""
+
+    def call(self, messages: Any, tools: Any = None, *args: Any, **kwargs: Any) -> Any:
+        self.inputs.append(json.dumps(messages, default=str))
+        return 'Thought: I know the answer\nFinal Answer: {"quality": 9.0}'
+
+
+def test_crew_test_runs_a_governed_copy(scenario_store: AuditStore) -> None:
+    log = ToolLog()
+    crew = crew_of(ScriptedLLM(respond=delete_until_refused), log)
+    enable_step_guard(crew, make_guard(scenario_store))
+    judge = JudgeLLM()
+    crew.test(n_iterations=2, eval_llm=judge)
+    denied_once(scenario_store, log, runs=2)  # each iteration a run of its own
+    assert judge.inputs, "the evaluator never ran"
+
+
+def test_crew_train_runs_a_governed_copy(
+    scenario_store: AuditStore, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    try:
+        from crewai.agents.agent_executor import AgentExecutor
+    except ImportError:  # CrewAI 1.14
+        from crewai.experimental.agent_executor import AgentExecutor
+    if not hasattr(AgentExecutor, "_format_feedback_message"):
+        pytest.skip("CrewAI 1.14's agent executor fails on a trainer's feedback (no _format_feedback_message)")
+    monkeypatch.chdir(tmp_path)  # CrewAI writes its training data to the working directory
+    monkeypatch.setattr("builtins.input", lambda *args: "fine")  # the trainer's feedback
+    log = ToolLog()
+    crew = crew_of(ScriptedLLM(respond=delete_until_refused), log)
+    enable_step_guard(crew, make_guard(scenario_store))
+    crew.train(n_iterations=2, filename=str(tmp_path / "trained.pkl"))
+    denied_once(scenario_store, log, runs=2)

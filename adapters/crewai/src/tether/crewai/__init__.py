@@ -29,11 +29,15 @@ from crewai.tools.base_tool import BaseTool
 from tether.core import Guard, TetherError
 from tether.core.planners import Planner
 
-from ._install import cover_tool_classes, install
+from ._checkpoints import remember
+from ._install import cover_tool_classes, install, install_restores
 from ._models import record_calls_of
 from ._scope import FRAMEWORK_AGENT, Identity, StepGuard, mark, step_guard_of
+from ._tools import MCP_ADAPTER_SERVER
 
 __all__ = ["FRAMEWORK_AGENT", "StepGuard", "enable_step_guard"]
+
+install_restores()  # a crew restored from a guarded crew's checkpoint is never run unseen
 
 
 def enable_step_guard(
@@ -51,9 +55,10 @@ def enable_step_guard(
     Each run (a kickoff, a flow run, one input of ``kickoff_for_each``) is a new session, unless
     ``session_id`` fixes one. ``user`` and ``tenant`` are strings, or functions of the run's
     ``inputs`` (``lambda inputs: inputs["customer"]``). ``mcp_servers`` names the MCP servers
-    the agents load (``{"helpdesk": MCPServerStdio(...)}``): their tools are ``helpdesk/<tool>``
-    in the policy. ``planner`` gives each run a task scope from its trusted request (see
-    ``tether.core.planners``). Enabling the same guard twice is a no-op; another guard raises.
+    the agents load (``{"helpdesk": MCPServerStdio(...)}``, or a started crewai-tools
+    ``MCPServerAdapter``): their tools are ``helpdesk/<tool>`` in the policy. ``planner`` gives
+    each run a task scope from its trusted request (see ``tether.core.planners``). Enabling the
+    same guard twice is a no-op; another guard raises.
     """
     install()
     existing = step_guard_of(target)
@@ -67,8 +72,10 @@ def enable_step_guard(
     names = _mcp_names(mcp_servers)
     step_guard = StepGuard(guard, session_id=session_id, user=user, tenant=tenant, mcp_names=names, planner=planner)
     mark(target, step_guard)
+    remember(target, step_guard)
     for agent in agents:
         mark(agent, step_guard)
+        remember(agent, step_guard)
         for tool in getattr(agent, "tools", None) or ():
             if isinstance(tool, BaseTool):
                 mark(tool, step_guard)
@@ -109,15 +116,26 @@ def _refuse_ungoverned(agent: Any) -> None:
         )
 
 
+def _is_server_adapter(server: Any) -> bool:
+    return any(
+        c.__name__ == "MCPServerAdapter" and c.__module__.startswith("crewai_tools.") for c in type(server).__mro__
+    )
+
+
 def _mcp_names(servers: Mapping[str, Any] | None) -> dict[str, str]:
     """CrewAI's own name of each MCP server (``python_server_py`` for a stdio command, the host
-    for a URL), mapped to the name the policy uses."""
+    for a URL), mapped to the name the policy uses. The tools of a crewai-tools
+    ``MCPServerAdapter`` are named on the tools themselves."""
     if not servers:
         return {}
     from crewai.mcp.tool_resolver import MCPToolResolver
 
     names = {}
     for name, server in servers.items():
+        if _is_server_adapter(server):
+            for tool in server.tools:  # crewai-tools' MCPServerAdapter: its tools, already made
+                object.__setattr__(tool, MCP_ADAPTER_SERVER, name)
+            continue
         try:
             if isinstance(server, str):
                 crewai_name = MCPToolResolver._extract_server_name(server)

@@ -20,12 +20,13 @@ from crewai.llms.base_llm import BaseLLM
 from crewai.tools.base_tool import BaseTool, Tool
 from crewai.tools.structured_tool import CrewStructuredTool
 
-from . import _tools
+from . import _checkpoints, _tools
 from ._models import record_calls_of, record_known_model_classes
-from ._scope import active, agent_frame, mark, run_scope, step_guard_of
+from ._scope import RESTORED_UNGUARDED, active, agent_frame, mark, run_scope, step_guard_of
 
 _INSTALLED = "_tether_installed"
 _LOCK = threading.Lock()
+_RESTORES_LOCK = threading.Lock()
 _done = False
 
 #: run entry points, by class: the method, and where its ``inputs`` argument is (or None)
@@ -71,11 +72,36 @@ def install() -> None:
             for cls in _defining(root, runs):
                 for name, at in runs.items():
                     _replace(cls, name, _entry_point(scope, at))
+        install_restores()
         _replace(Crew, "copy", _copies_keep_the_guard)
         _replace(BaseAgent, "copy", _copies_keep_the_guard)
         _replace(CacheHandler, "read", _no_cache_in_guarded_runs)
         record_known_model_classes(BaseLLM)
         _done = True
+
+
+def install_restores() -> None:
+    """``from_checkpoint`` of crews, agents and flows (what ``fork`` and ``kickoff(from_checkpoint=...)``
+    restore through): the restored object keeps the step guard, or is refused. Installed when
+    ``tether.crewai`` is imported, so a process that only restores a checkpoint has it too."""
+    with _RESTORES_LOCK:
+        for root in (Crew, BaseAgent, Flow):
+            for cls in _defining(root, {"from_checkpoint": None}):
+                found = cls.__dict__["from_checkpoint"]
+                if isinstance(found, classmethod) and not getattr(found.__func__, _INSTALLED, False):
+                    cls.from_checkpoint = classmethod(_restores(found.__func__))
+
+
+def _restores(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def from_checkpoint(cls: type[Any], *args: Any, **kwargs: Any) -> Any:
+        entity = original(cls, *args, **kwargs)
+        if _checkpoints.restored(entity):
+            install()  # where the run entry points refuse it until it is guarded
+        return entity
+
+    setattr(from_checkpoint, _INSTALLED, True)
+    return from_checkpoint
 
 
 def cover_tool_classes(tools: Any) -> None:
@@ -176,11 +202,14 @@ def _copies_keep_the_guard(original: Callable[..., Any]) -> Callable[..., Any]:
     def copy(self: Any, *args: Any, **kwargs: Any) -> Any:
         copied = original(self, *args, **kwargs)
         step_guard = step_guard_of(self)
+        if step_guard is None and getattr(self, RESTORED_UNGUARDED, False):
+            for target in [copied, *getattr(copied, "agents", ())]:
+                object.__setattr__(target, RESTORED_UNGUARDED, True)  # refused like the original
         if step_guard is not None:
-            mark(copied, step_guard)
-            for agent in [*getattr(copied, "agents", ()), getattr(copied, "manager_agent", None)]:
-                if agent is not None:
-                    mark(agent, step_guard)
+            for target in [copied, *getattr(copied, "agents", ()), getattr(copied, "manager_agent", None)]:
+                if target is not None:
+                    mark(target, step_guard)
+                    _checkpoints.remember(target, step_guard)
         return copied
 
     return copy

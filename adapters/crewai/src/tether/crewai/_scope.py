@@ -20,6 +20,8 @@ from tether.core.planners import Planner
 log = logging.getLogger("tether.crewai")
 
 MARK = "_tether_step_guard"  # set on each guarded crew, agent, flow and tool: copies keep it
+#: set on a crew or agent restored from a guarded one's checkpoint whose guard is not in this process
+RESTORED_UNGUARDED = "_tether_restored_unguarded"
 FRAMEWORK_AGENT = "crewai-agent"  # the agent a call is made in when CrewAI does not say
 
 #: who the user or tenant of a run is: fixed, or read from the run's inputs (kickoff's ``inputs``)
@@ -179,6 +181,11 @@ def run_scope(target: Any, inputs: Any, *, agent: str = FRAMEWORK_AGENT) -> Iter
     it, so taint and limits carry over), or a new one if ``target`` is guarded."""
     current = _RUN.get()
     step_guard = step_guard_of(target)
+    if step_guard is None and current is None and getattr(target, RESTORED_UNGUARDED, False):
+        raise TetherError(
+            f"this {type(target).__name__} was restored from the checkpoint of one Tether guarded, and "
+            "is not guarded in this process: call enable_step_guard on it before running it"
+        )
     if step_guard is None or (current is not None and current.step_guard is step_guard):
         yield current
         return

@@ -79,15 +79,35 @@ class _Call:
         return f"Tether could not record this output ({type(exc).__name__}); withheld"
 
 
+#: set on each tool an ``MCPServerAdapter`` named in ``mcp_servers`` serves: the server's policy name
+MCP_ADAPTER_SERVER = "_tether_mcp_server"
+#: the server of an ``MCPServerAdapter`` tool nobody named
+UNNAMED_ADAPTER_SERVER = "mcp_server_adapter"
+
+
 def policy_name(tool: Any, step_guard: StepGuard) -> str:
     """The tool's name in the policy: CrewAI's sanitised name (``Search the internet`` is
-    ``search_the_internet``), or ``server/tool`` for a tool from an MCP server."""
+    ``search_the_internet``), or ``server/tool`` for a tool from an MCP server (an agent's
+    ``mcps=``, or crewai-tools' ``MCPServerAdapter``)."""
     original = getattr(tool, "_original_tool", None) or tool
     server = getattr(original, "server_name", None)
     remote = getattr(original, "original_tool_name", None)
     if isinstance(server, str) and isinstance(remote, str):
         return mcp_tool(step_guard.mcp_name(server), remote)
-    return sanitize_tool_name(str(getattr(tool, "name", "") or ""))
+    name = sanitize_tool_name(str(getattr(tool, "name", "") or ""))
+    adapter_server = vars(original).get(MCP_ADAPTER_SERVER) if hasattr(original, "__dict__") else None
+    if isinstance(adapter_server, str):
+        return mcp_tool(adapter_server, name)
+    if is_adapter_tool(original):
+        return mcp_tool(UNNAMED_ADAPTER_SERVER, name)
+    return name
+
+
+def is_adapter_tool(tool: Any) -> bool:
+    """A tool crewai-tools' ``MCPServerAdapter`` (or mcpadapt's CrewAI adapter) made for an MCP tool:
+    a class of its own per tool, defined inside the adapter."""
+    cls = type(tool)
+    return cls.__name__ == "CrewAIMCPTool" and cls.__module__.startswith(("crewai_tools.", "mcpadapt."))
 
 
 def _call_for(tool: Any) -> _Call | None:
