@@ -210,6 +210,33 @@ def test_a_non_finite_number_never_makes_a_condition_quietly_decide(value: float
     assert "args." in ruling.reason and "amount" in ruling.reason
 
 
+@pytest.mark.parametrize(
+    ("grant", "args"),
+    [
+        ({"when": '!args.to.contains("evil")'}, {"to": "ok\x00evil@attacker.example"}),
+        ({"when": 'args.path.startsWith("/srv/")'}, {"path": "/srv/\x00/../../etc/passwd"}),
+        ({"when": "size(args.items) <= 2"}, {"items": {"a\x00b": 1}}),
+        ({"when": 'args.note == "fine"'}, {"note": ["fine\x00 and more"]}),
+    ],
+    ids=["value", "prefix", "key", "nested"],
+)
+def test_a_string_with_a_nul_character_never_makes_a_condition_quietly_decide(
+    grant: dict[str, Any], args: dict[str, Any]
+) -> None:
+    """The compiled CEL runtime reads a string only up to its first NUL character: a condition
+    on such a string would check a part of it, so the call is denied as unreadable."""
+    policy = policy_with()
+    policy["agents"]["bot"]["tools"]["refund"] = grant
+    ruling = rule_on("refund", args, policy=policy)
+    assert ruling.verdict is Verdict.DENY
+    assert ruling.error is not None and "NUL character" in ruling.reason and "args." in ruling.reason
+
+
+def test_a_nul_character_no_condition_reads_does_not_matter() -> None:
+    ruling = rule_on("refund", {"amount": 20, "memo": "a\x00b"})
+    assert ruling.verdict is Verdict.ALLOW
+
+
 def test_a_non_finite_number_no_condition_reads_does_not_matter() -> None:
     ruling = rule_on("refund", {"amount": 20, "ratio": float("nan")})
     assert ruling.verdict is Verdict.ALLOW

@@ -180,6 +180,16 @@ def test_a_scope_condition_that_fails_denies(guard: Guard) -> None:
     assert decision.verdict is Verdict.DENY and "could not be evaluated" in decision.reason
 
 
+@pytest.mark.parametrize("amount", [float("nan"), "10\x00000"], ids=["nan", "nul"])
+def test_a_scope_condition_on_an_unreadable_value_denies(guard: Guard, amount: object) -> None:
+    """NaN fails every comparison, and the compiled runtime cuts a string at a NUL character:
+    a scope's condition on either denies instead of quietly holding."""
+    session = guard.session("bank", scope={"tools": {"send_money": '!(args.amount > 10) && args.memo != "x"'}})
+    decision = session.before_tool("send_money", {"to": IBAN, "amount": 5, "memo": amount})
+    assert decision.verdict is Verdict.DENY and "could not be evaluated" in decision.reason
+    assert "args.memo" in decision.reason
+
+
 def test_a_one_megabyte_request_is_bounded_and_still_traced(guard: Guard, store: AuditStore) -> None:
     filler = "lorem ipsum dolor sit amet " * 40_000  # about 1 MB
     session = guard.session("bank", "big", scope=RENT)

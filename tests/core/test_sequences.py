@@ -156,6 +156,15 @@ def test_the_attempted_call_can_require_a_data_class_and_a_condition(store: Audi
     assert session.before_tool("post_note", {"text": "internal: call +44 20 7946 0958"}).verdict is Verdict.ALLOW
 
 
+def test_a_sequence_condition_on_a_string_with_a_nul_character_denies(store: AuditStore) -> None:
+    rule = {**PII_THEN_SEND, "then": {"effects": "external", "when": '!args.to.endsWith("@partner.example")'}}
+    guard = Guard(policy(rule), store=store)
+    session = guard.session("support", "s")
+    run(session, "read_ticket", {"id": "1"})
+    decision = session.before_tool("send_email", {"to": "x@evil.example\x00@partner.example"})
+    assert decision.verdict is Verdict.DENY and "NUL character" in decision.reason
+
+
 def test_a_condition_that_fails_denies_naming_the_sequence(store: AuditStore) -> None:
     rule = {**PII_THEN_SEND, "then": {"effects": "external", "when": "args.amount > 3"}}
     guard = Guard(policy(rule), store=store)

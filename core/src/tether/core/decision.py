@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -110,7 +109,6 @@ class _Conditions:
         self._plan, self._args, self._state = plan, args, state
         self._user, self._tenant, self._now = user, tenant, now
         self._activation: Any = None
-        self._non_finite: dict[str, str] = {}  # argument -> the path of a NaN or infinity in it
 
     def holds(self, rule: CompiledRule) -> bool:
         if rule.condition is None:
@@ -121,21 +119,9 @@ class _Conditions:
                 # One condition is cheapest run straight on the variables; several share one
                 # activation, so the variables are converted for CEL only once.
                 self._activation = make_activation(variables) if self._plan.conditions > 1 else variables
-            if self._non_finite:
-                self._refuse_non_finite(rule.condition.names.fields)
             return evaluate(rule.condition, self._activation)
         except ConditionFailed as exc:
             raise _RuleFailed(rule.id, exc) from None
-
-    def _refuse_non_finite(self, fields: dict[str, frozenset[str] | None]) -> None:
-        """Every comparison with NaN is false (so ``x > 50`` and ``!(x > 50)`` both pass it), and
-        infinities satisfy any bound: a condition reading one cannot mean what it says."""
-        if "args" not in fields:
-            return
-        read = fields["args"]
-        paths = [path for name, path in self._non_finite.items() if read is None or name in read]
-        if paths:
-            raise ConditionFailed(f"{paths[0]} is not a finite number, so no condition can be checked against it")
 
     def _bind(self) -> dict[str, Any]:
         plan = self._plan
@@ -143,7 +129,6 @@ class _Conditions:
         for name, fields in plan.fields.items():
             if name == "args":
                 variables["args"] = select(self._args, fields)
-                self._non_finite = _non_finite(variables["args"])
             elif name == "session":
                 variables["session"] = self._state.cel_value(plan.agent, self._user, self._tenant, fields)
             elif name == "now":
@@ -154,23 +139,6 @@ class _Conditions:
                     self._args, fields, state.trusted_values, read, plan.mentions
                 )
         return variables
-
-
-def _non_finite(args: Mapping[str, Any]) -> dict[str, str]:
-    """For each argument holding a NaN or an infinity (at any depth), where the first one is."""
-    found: dict[str, str] = {}
-    for name, value in args.items():
-        stack: list[tuple[str, Any]] = [(f"args.{name}", value)]
-        while stack:
-            path, item = stack.pop()
-            if isinstance(item, float) and not math.isfinite(item):
-                found[name] = f"{path} ({item})"
-                break
-            if isinstance(item, dict):
-                stack.extend((f"{path}.{k}", v) for k, v in item.items())
-            elif isinstance(item, list):
-                stack.extend((f"{path}[{i}]", v) for i, v in enumerate(item))
-    return found
 
 
 def decide(

@@ -9,6 +9,7 @@ the names a condition uses itself, so both runtimes reject the same typos with t
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import sys
 from collections.abc import Mapping
@@ -376,7 +377,31 @@ def evaluate(condition: Condition, activation: Any) -> bool:
 
 
 def select(value: Mapping[str, Any], fields: frozenset[str] | None) -> Mapping[str, Any]:
-    """Only the fields the conditions read: an unread 10 MB argument then costs nothing."""
-    if fields is None:
-        return value
-    return {name: value[name] for name in fields if name in value}
+    """Only the arguments the conditions read (an unread 10 MB argument then costs nothing).
+    Raise :class:`ConditionFailed` if one holds what no condition can read as it is meant:
+    every comparison with NaN is false (so ``x > 50`` and ``!(x > 50)`` both pass it),
+    infinities satisfy any bound, and the compiled runtime reads a string only up to a NUL
+    character (so ``!args.cmd.contains("rm")`` would hold for ``"ls\\0; rm -rf /"``)."""
+    chosen = value if fields is None else {name: value[name] for name in fields if name in value}
+    for name, argument in chosen.items():
+        why = _unreadable(f"args.{name}", argument)
+        if why is not None:
+            raise ConditionFailed(f"{why}, so no condition can be checked against it")
+    return chosen
+
+
+def _unreadable(path: str, value: Any) -> str | None:
+    """What in ``value`` (at any depth, keys included) a condition cannot read, and where."""
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"{path} ({item}) is not a finite number"
+        if isinstance(item, str) and "\0" in item:
+            return f"{path} contains a NUL character"
+        if isinstance(item, dict):
+            stack.extend((f"{path}.{k}", v) for k, v in item.items())
+            stack.extend((f"{path} (a key)", k) for k in item)
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(item))
+    return None
