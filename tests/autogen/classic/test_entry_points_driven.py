@@ -231,3 +231,18 @@ def test_a_group_entry_point_is_governed(entry: str, guard: Guard, tools: Tools,
     executors = {d.details["context"]["executor"] for d in events(store, "tool.decision")}
     assert len(executors) == 1 and executors != {"assistant"}  # the framework's own tool executor
     assert len({e.session_id for e in store.events()}) == 1
+
+
+def test_a_registrations_user_and_tenant_reach_every_event(tools: Tools, store: AuditStore, guard: Guard) -> None:
+    bot, user = assistant(), executor()
+    tools.register(bot, user)
+    script(bot, tool_call(*ALLOWED), tool_call(*DENIED), say("TERMINATE"))
+    register_guard([bot, user], guard, user="jane@customer.example", tenant="acme")
+    bounded(lambda: user.initiate_chat(bot, **CHAT))
+    assert_governed(tools, store)
+    recorded = events(store)
+    assert recorded and all(e.tenant == "acme" for e in recorded)
+    # the user is personal data: stored as a keyed reference, the same one on every event
+    reference = recorded[0].user_id
+    assert reference is not None and "jane" not in reference
+    assert {e.user_id for e in recorded} == {reference}
