@@ -170,7 +170,8 @@ def decision_out(decision: Decision, decision_id: str) -> DecisionOut:
 
 def pending_out(pending: Pending, decision_id: str) -> DecisionOut:
     out = decision_out(pending.current, decision_id)
-    return out.model_copy(update={"approval_id": pending.approval_id})
+    timeout = pending.decision.approval_timeout if out.status == "pending" else None
+    return out.model_copy(update={"approval_id": pending.approval_id, "approval_timeout": timeout})
 
 
 def install_errors(app: FastAPI) -> None:
@@ -245,7 +246,7 @@ def _routes(app: FastAPI, service: Service) -> None:
             credential.agent, user=body.user, tenant=body.tenant, context=body.context, scope=body.scope
         )
         service.sessions.add(Held(session, body.tenant))
-        return SessionOpened(session_id=session.id, agent=session.agent)
+        return SessionOpened(session_id=session.id, agent=session.agent, mode=service.guard.mode.value)
 
     @app.delete("/sessions/{session_id}", status_code=204)
     def close_session(session_id: str, request: Request, credential: Agent) -> None:
