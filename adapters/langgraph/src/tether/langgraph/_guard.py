@@ -65,6 +65,16 @@ class Tether:
     ) -> None:
         if approvals not in ("interrupt", "queue"):
             raise TetherError(f"approvals must be 'interrupt' or 'queue', not {approvals!r}")
+        if getattr(guard, "remote", False):
+            # A guard of a Tether service holds neither the policy nor the audit here: a graph's
+            # pause settles answers against both (the decisions recorded before it paused).
+            if approvals != "queue":
+                raise TetherError(
+                    "a remote guard's approvals are answered in the service's approval queue: "
+                    "use Tether(guard, approvals='queue') (a graph cannot pause for them)"
+                )
+            if planner is not None:
+                raise TetherError("a remote guard cannot plan scopes here: give its sessions a scope instead")
         from ._handler import TetherCallbackHandler
 
         self.guard = guard

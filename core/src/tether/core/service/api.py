@@ -18,9 +18,10 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -170,7 +171,8 @@ def decision_out(decision: Decision, decision_id: str) -> DecisionOut:
 
 def pending_out(pending: Pending, decision_id: str) -> DecisionOut:
     out = decision_out(pending.current, decision_id)
-    return out.model_copy(update={"approval_id": pending.approval_id})
+    timeout = pending.decision.approval_timeout if out.status == "pending" else None
+    return out.model_copy(update={"approval_id": pending.approval_id, "approval_timeout": timeout})
 
 
 def install_errors(app: FastAPI) -> None:
@@ -222,8 +224,9 @@ def api_app(guard: Guard, *, max_body: int = MAX_BODY) -> FastAPI:
     return app
 
 
-def _agent(request: Request, _: Bearer) -> Credential:
-    """The credential :class:`Authenticate` found valid (``Bearer`` documents the scheme)."""
+async def _agent(request: Request, _: Bearer) -> Credential:
+    """The credential :class:`Authenticate` found valid (``Bearer`` documents the scheme). A
+    coroutine, so FastAPI does not hop to a worker thread to run it."""
     credential = getattr(request.state, "credential", None)
     if not isinstance(credential, Credential):
         raise ApiError(401, "no credential was presented", "missing")
@@ -231,6 +234,12 @@ def _agent(request: Request, _: Bearer) -> Credential:
 
 
 Agent = Annotated[Credential, Depends(_agent)]
+
+
+def _answer(body: BaseModel, status: int = 200) -> Response:
+    """``body`` as the JSON response, serialized once: the route's ``response_model`` documents
+    it, and FastAPI passes a ``Response`` on without validating and serializing it again."""
+    return Response(body.model_dump_json(), status, media_type="application/json")
 
 
 def _routes(app: FastAPI, service: Service) -> None:
@@ -245,7 +254,7 @@ def _routes(app: FastAPI, service: Service) -> None:
             credential.agent, user=body.user, tenant=body.tenant, context=body.context, scope=body.scope
         )
         service.sessions.add(Held(session, body.tenant))
-        return SessionOpened(session_id=session.id, agent=session.agent)
+        return SessionOpened(session_id=session.id, agent=session.agent, mode=service.guard.mode.value)
 
     @app.delete("/sessions/{session_id}", status_code=204)
     def close_session(session_id: str, request: Request, credential: Agent) -> None:
@@ -254,27 +263,27 @@ def _routes(app: FastAPI, service: Service) -> None:
         service.sessions.close(session_id)
 
     @app.post("/sessions/{session_id}/tool-calls", response_model=DecisionOut)
-    def decide(session_id: str, body: ToolCallRequest, request: Request, credential: Agent) -> DecisionOut:
+    def decide(session_id: str, body: ToolCallRequest, request: Request, credential: Agent) -> Response:
         """Decide on a tool call before it runs: run it only if ``allowed``, with ``args`` if given."""
         held = service.held(request, credential, session_id)
         decision = held.session.before_tool(body.tool, body.args, call_id=body.call_id, caused_by=body.caused_by)
-        return service.decided(held, decision)
+        return _answer(service.decided(held, decision))
 
     @app.get("/sessions/{session_id}/tool-calls/{decision_id}", response_model=DecisionOut)
-    def decision(session_id: str, decision_id: str, request: Request, credential: Agent) -> DecisionOut:
+    def decision(session_id: str, decision_id: str, request: Request, credential: Agent) -> Response:
         """A decision as it stands: a pending one once a person answered it (or it timed out)."""
         kept = _kept(service.held(request, credential, session_id), decision_id)
-        return pending_out(kept, decision_id) if isinstance(kept, Pending) else decision_out(kept, decision_id)
+        return _answer(pending_out(kept, decision_id) if isinstance(kept, Pending) else decision_out(kept, decision_id))
 
     @app.post("/sessions/{session_id}/tool-calls/{decision_id}/result", response_model=ResultOut)
-    def result(session_id: str, decision_id: str, body: ToolResult, request: Request, credential: Agent) -> ResultOut:
+    def result(session_id: str, decision_id: str, body: ToolResult, request: Request, credential: Agent) -> Response:
         """Report what the tool returned; the answer is what the agent may see of it."""
         held = service.held(request, credential, session_id)
         kept = _kept(held, decision_id)
         final = kept.current if isinstance(kept, Pending) else kept
         if not final.allowed:
             raise ApiError(409, f"decision {decision_id} did not allow the call: there is no result to report")
-        return ResultOut(output=held.session.after_tool(final, body.output, error=body.error))
+        return _answer(ResultOut(output=held.session.after_tool(final, body.output, error=body.error)))
 
     @app.post("/sessions/{session_id}/model-requests", response_model=ModelRequestOut)
     def model_request(session_id: str, body: ModelRequestIn, request: Request, credential: Agent) -> ModelRequestOut:

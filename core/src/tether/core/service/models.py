@@ -28,6 +28,9 @@ class OpenSession(Request):
 class SessionOpened(BaseModel):
     session_id: str
     agent: str
+    mode: Literal["enforce", "monitor"] = Field(
+        default="enforce", description="monitor: decisions are recorded, not enforced (every call is allowed)"
+    )
 
 
 class ToolCallRequest(Request):
@@ -50,6 +53,9 @@ class DecisionOut(BaseModel):
     rule_ids: list[str]
     args: dict[str, Any] | None = Field(description="the arguments to run the tool with, if Tether rewrote them")
     approval_id: str | None = None
+    approval_timeout: float | None = Field(
+        default=None, description="pending: seconds a person has to answer before the call is denied"
+    )
     message: str | None = Field(default=None, description="a refusal the agent can read, when not allowed")
     findings: list[str] = Field(default_factory=list)
     enforcement: Literal["enforced", "monitored"]
