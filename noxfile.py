@@ -44,7 +44,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install(*nox.project.dependency_groups(PYPROJECT, "typecheck"), "-e", "./core[mcp,otel,serve]")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "typecheck"), "-e", "./core[mcp,otel,serve,client]")
     session.run("mypy", "core/src/tether/core")
 
 
@@ -52,7 +52,7 @@ def typecheck(session: nox.Session) -> None:
 def core(session: nox.Session) -> None:
     """The core's tests (OpenTelemetry export included), the fault suite and the MCP gateway's,
     on SQLite, and on PostgreSQL when TETHER_TEST_POSTGRES_URL is set."""
-    session.install(*nox.project.dependency_groups(PYPROJECT, "test"), "-e", "./core[mcp,otel,serve]")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "test"), "-e", "./core[mcp,otel,serve,client]")
     session.run("pytest", "tests/core", "tests/faults", "tests/mcp", *session.posargs)
 
 
@@ -151,8 +151,9 @@ LANGGRAPH = {
 @nox.parametrize("versions", [nox.param(pins, id=name) for name, pins in LANGGRAPH.items()])
 def langgraph(session: nox.Session, versions: tuple[str, ...]) -> None:
     """LangGraph and LangChain's create_agent, oldest and newest supported releases, with the
-    OpenTelemetry export (spans of a real graph run)."""
-    adapter_tests(session, "langgraph", *versions, core="./core[otel]")
+    OpenTelemetry export (spans of a real graph run) and a graph deciding through the decision
+    API (the server and its client)."""
+    adapter_tests(session, "langgraph", *versions, core="./core[otel,serve,client]")
 
 
 nox.options.sessions.append("langgraph")
