@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from tether.core import ApprovalQueue, AuditStore, Guard, QueueApprover
-from tether.core.approvals import ApprovalRequest
+from tether.core.approvals import ApprovalRequest, Unanswered
 from tether.core.approvals.queue import Entry
 from tether.core.approvals.sealed import MAX_SEALED, seal, sealing_key, unseal
 from tether.core.audit.schema import approvals, events
@@ -113,6 +113,25 @@ def test_a_changed_or_misplaced_ciphertext_shows_a_note_never_the_value(store: A
         assert not shown.shown and shown.args is None and "cannot be decrypted" in shown.note
     assert "cannot be decrypted" in unseal(b"another key entirely", entry.id, sealed).note
     assert unseal(KEY, entry.id, sealed).args == PAYMENT
+
+
+def test_edited_arguments_are_sealed_too_and_unreadable_ones_deny(store: AuditStore) -> None:
+    queue = ApprovalQueue(store)
+    ask = ApprovalRequest(None, "bot", "r-e", None, None, "pay", {"iban": "[iban:x]"}, "why", (), 60, args=PAYMENT)
+    entry, _ = queue.submit(ask)
+    queue.answer(entry.id, approved=True, by="alice", args={**PAYMENT, "amount": 100})
+    with store.engine.connect() as connection:
+        stored = connection.execute(sa.select(approvals.c.edited_args).where(approvals.c.id == entry.id)).scalar()
+    assert str(stored).startswith("v1:") and IBAN not in str(stored)
+    answered = queue.get(entry.id)
+    assert answered is not None and answered.answer is not None and answered.answer.args == {**PAYMENT, "amount": 100}
+    with store.engine.begin() as connection:
+        moved = seal(KEY, "another-id", {"iban": "XX"}, "edited")
+        connection.execute(approvals.update().where(approvals.c.id == entry.id).values(edited_args=moved))
+    changed = queue.get(entry.id)
+    assert changed is not None and changed.edited_args is None
+    with pytest.raises(Unanswered, match="cannot be decrypted"):
+        _ = changed.answer  # not the call as first asked: denied
 
 
 def test_the_sealing_key_is_derived_not_the_store_key() -> None:

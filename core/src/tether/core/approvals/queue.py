@@ -36,7 +36,7 @@ from ..protect import is_protection
 from ..redact import mask, preview
 from ..values import canonical_json, to_plain
 from . import FOR_SESSION, ONCE, ApprovalAnswer, ApprovalRequest, Unanswered
-from .sealed import Revealed, seal, unseal
+from .sealed import EDITED, PREFIX, Revealed, seal, unseal
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
 MAX_COMMENT = 2000
@@ -73,6 +73,7 @@ class Entry:
     edited_args: dict[str, Any] | None
     consumed_us: int | None
     sealed_args: str | None = field(default=None, repr=False)  # encrypted real arguments, while pending
+    unreadable_edits: bool = field(default=False, repr=False)  # edited arguments stored that do not decrypt
 
     @property
     def expired(self) -> bool:
@@ -82,6 +83,11 @@ class Entry:
     def answer(self) -> ApprovalAnswer | None:
         if self.status not in (APPROVED, DENIED):
             return None
+        if self.status == APPROVED and self.unreadable_edits:
+            raise Unanswered(  # running the call as first asked would not be what was approved
+                f"the edited arguments of request {self.id} cannot be decrypted (another key, or the stored "
+                "value was changed); the call is denied"
+            )
         return ApprovalAnswer(
             self.status == APPROVED, self.answered_by or "", self.comment or "", self.edited_args, self.scope or ONCE
         )
@@ -102,11 +108,17 @@ def _execute(engine: sa.Engine, cursor: Any, statement: sa.ClauseElement) -> int
     return int(cursor.rowcount)
 
 
-def _entry(row: Any) -> Entry:
+def _entry(row: Any, key: bytes) -> Entry:
     values = dict(row._mapping)
     values["user"], values["request"] = values.pop("user_id"), json.loads(values["request"])
     values["approvers"] = json.loads(values["approvers"]) if values["approvers"] is not None else None
-    values["edited_args"] = json.loads(values["edited_args"]) if values["edited_args"] is not None else None
+    edited = values["edited_args"]
+    if edited is not None and edited.startswith(PREFIX):  # sealed; a store from before kept JSON
+        opened = unseal(key, values["id"], edited, EDITED)
+        edited, values["unreadable_edits"] = opened.args, not opened.shown
+    elif edited is not None:
+        edited = json.loads(edited)
+    values["edited_args"] = edited
     return Entry(**values)
 
 
@@ -193,7 +205,7 @@ class ApprovalQueue:
                 table.c.scope == FOR_SESSION,
             )
         )
-        covering = next((e for e in map(_entry, standing) if _covers(e, request)), None)
+        covering = next((e for e in (_entry(row, self.store.key) for row in standing) if _covers(e, request)), None)
         if covering is not None:
             return covering
         same_call = connection.execute(
@@ -209,7 +221,7 @@ class ApprovalQueue:
         ).first()
         if same_call is None:
             return None
-        entry = _entry(same_call)
+        entry = _entry(same_call, self.store.key)
         return None if entry.expired else entry
 
     # -- reading -----------------------------------------------------------------------------
@@ -217,7 +229,7 @@ class ApprovalQueue:
     def get(self, entry_id: str) -> Entry | None:
         with self.store.engine.connect() as connection:
             row = connection.execute(sa.select(table).where(table.c.id == entry_id)).first()
-        return _entry(row) if row is not None else None
+        return _entry(row, self.store.key) if row is not None else None
 
     def entries(self, *, status: str | None = PENDING, limit: int = 200) -> list[Entry]:
         """Newest first; pending ones whose time has passed are reported as expired."""
@@ -227,7 +239,7 @@ class ApprovalQueue:
         elif status is not None:
             query = query.where(table.c.status == status)
         with self.store.engine.connect() as connection:
-            return [_entry(row) for row in connection.execute(query)]
+            return [_entry(row, self.store.key) for row in connection.execute(query)]
 
     def reveal(self, entry: Entry) -> Revealed:
         """The real arguments of a pending request, to show the people who answer it; or a note
@@ -262,7 +274,8 @@ class ApprovalQueue:
             "answered_by": by,
             "comment": mask(comment, self.store.key) if comment else None,  # stored redacted
             "scope": scope if approved else None,
-            "edited_args": canonical_json(to_plain(args, "args")) if args is not None else None,
+            # sealed like the real arguments (they hold real values too), until the agent applies them
+            "edited_args": seal(self.store.key, entry_id, to_plain(args, "args"), EDITED) if args is not None else None,
             "sealed_args": None,  # the real arguments go with the answer, in its transaction
         }
         answered = dataclasses.replace(entry, **{**values, "edited_args": to_plain(args) if args is not None else None})
@@ -358,7 +371,7 @@ class ApprovalQueue:
 
     def consume(self, entry_id: str) -> bool:
         """Apply an answer once: True for the one caller that does it. Edited arguments, which
-        are stored as given until then, are cleared. Standing (session) approvals stay."""
+        are stored (sealed) until then, are cleared. Standing (session) approvals stay."""
         with self.store.engine.begin() as connection:
             done = connection.execute(
                 table.update()

@@ -51,24 +51,28 @@ def sealing_key(key: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=INFO).derive(key)
 
 
-def _associated(entry_id: str) -> bytes:
-    return b"tether approval " + entry_id.encode()
+ARGS, EDITED = "args", "edited"  # what a sealed value is: the call's arguments, or an approver's edits
 
 
-def seal(key: bytes, entry_id: str, args: Plain) -> str:
-    """``args`` encrypted for the entry ``entry_id``. Arguments larger than :data:`MAX_SEALED`
-    are replaced by a note of their size (sealed all the same)."""
+def _associated(entry_id: str, purpose: str) -> bytes:
+    return f"tether approval {entry_id} {purpose}".encode()
+
+
+def seal(key: bytes, entry_id: str, args: Plain, purpose: str = ARGS) -> str:
+    """``args`` encrypted for the entry ``entry_id``. The call's arguments larger than
+    :data:`MAX_SEALED` are replaced by a note of their size (sealed all the same); an approver's
+    edits are sealed whole (the call runs with them)."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     data = canonical_json({"args": args}).encode()
-    if len(data) > MAX_SEALED:
+    if len(data) > MAX_SEALED and purpose == ARGS:
         data = canonical_json({"too_large": len(data)}).encode()
     nonce = secrets.token_bytes(_NONCE)
-    sealed = AESGCM(sealing_key(key)).encrypt(nonce, data, _associated(entry_id))
+    sealed = AESGCM(sealing_key(key)).encrypt(nonce, data, _associated(entry_id, purpose))
     return PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
 
 
-def unseal(key: bytes, entry_id: str, value: str) -> Revealed:
+def unseal(key: bytes, entry_id: str, value: str, purpose: str = ARGS) -> Revealed:
     """The real arguments in ``value``, or a note saying why they cannot be shown. Never raises
     for a bad value: a page must still show the preview."""
     from cryptography.exceptions import InvalidTag
@@ -80,7 +84,7 @@ def unseal(key: bytes, entry_id: str, value: str) -> Revealed:
         raw = base64.urlsafe_b64decode(value[len(PREFIX) :].encode("ascii"))
         if len(raw) <= _NONCE:
             raise SealError("too short")
-        data = AESGCM(sealing_key(key)).decrypt(raw[:_NONCE], raw[_NONCE:], _associated(entry_id))
+        data = AESGCM(sealing_key(key)).decrypt(raw[:_NONCE], raw[_NONCE:], _associated(entry_id, purpose))
         content = json.loads(data)
     except (SealError, InvalidTag, ValueError, UnicodeError):
         return Revealed(
