@@ -551,12 +551,15 @@ def approvals_list(store: str | None, everything: bool) -> None:
 @click.argument("approval_id")
 @_STORE
 def approvals_show(approval_id: str, store: str | None) -> None:
-    """A request with its context: arguments, reason, data labels, what untrusted content preceded it."""
+    """A request with its context: arguments (real values shown while pending), reason, data labels,
+    what untrusted content preceded it."""
     audit_store = _open(store)
-    entry = ApprovalQueue(audit_store).get(approval_id)
+    queue = ApprovalQueue(audit_store)
+    entry = queue.get(approval_id)
     if entry is None:
         raise click.ClickException(f"no approval request {approval_id!r}")
-    for line in approval_details(entry, audit_store.session_events(entry.session_id)):
+    revealed = queue.reveal(entry) if entry.status == PENDING and not entry.expired else None
+    for line in approval_details(entry, audit_store.session_events(entry.session_id), revealed):
         click.echo(line)
 
 

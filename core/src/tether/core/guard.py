@@ -496,6 +496,7 @@ class Session:
             approvers=decision.approvers,
             for_session=decision.for_session,
             findings=decision.findings,
+            args=plain,
         )
         answer: ApprovalAnswer | None = None
         why = f"no approval within {request.timeout:g}s"

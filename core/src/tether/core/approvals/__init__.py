@@ -8,7 +8,7 @@ an approver: a terminal prompt, a queue other processes answer, a chat integrati
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import TetherError
@@ -34,6 +34,9 @@ class ApprovalRequest:
     approvers: frozenset[str] | None = None  # who may answer (None: anyone)
     for_session: bool = False  # whether it may be approved for the rest of the session
     findings: tuple[str, ...] = ()  # what Tether's protections found in the call
+    # The real arguments (plain data), for the people who answer: never logged or audited. The
+    # queue keeps them encrypted while the request is pending (see approvals/sealed.py).
+    args: Any = field(default=None, repr=False, compare=False)
 
 
 #: How far an approval reaches: this one call, or every call of this tool by this agent in the session.

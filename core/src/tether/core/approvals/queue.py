@@ -8,6 +8,10 @@ comes from its own process, and otherwise finds the answer on a short poll (SQLi
 A request survives its process: when the same call (session, agent, tool, arguments) is
 decided again, after a crash or a resumed run, the earlier request is reused, and an answer
 given meanwhile is honoured exactly once.
+
+While a request is pending its real arguments are kept too, encrypted (:mod:`.sealed`), for
+the people who answer it; they are cleared in the same transaction as the answer, the expiry or
+the use of the request, and never reach the audit events.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,6 +36,7 @@ from ..protect import is_protection
 from ..redact import mask, preview
 from ..values import canonical_json, to_plain
 from . import FOR_SESSION, ONCE, ApprovalAnswer, ApprovalRequest, Unanswered
+from .sealed import EDITED, PREFIX, Revealed, seal, unseal
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
 MAX_COMMENT = 2000
@@ -67,6 +72,8 @@ class Entry:
     scope: str | None
     edited_args: dict[str, Any] | None
     consumed_us: int | None
+    sealed_args: str | None = field(default=None, repr=False)  # encrypted real arguments, while pending
+    unreadable_edits: bool = field(default=False, repr=False)  # edited arguments stored that do not decrypt
 
     @property
     def expired(self) -> bool:
@@ -76,6 +83,11 @@ class Entry:
     def answer(self) -> ApprovalAnswer | None:
         if self.status not in (APPROVED, DENIED):
             return None
+        if self.status == APPROVED and self.unreadable_edits:
+            raise Unanswered(  # running the call as first asked would not be what was approved
+                f"the edited arguments of request {self.id} cannot be decrypted (another key, or the stored "
+                "value was changed); the call is denied"
+            )
         return ApprovalAnswer(
             self.status == APPROVED, self.answered_by or "", self.comment or "", self.edited_args, self.scope or ONCE
         )
@@ -96,11 +108,17 @@ def _execute(engine: sa.Engine, cursor: Any, statement: sa.ClauseElement) -> int
     return int(cursor.rowcount)
 
 
-def _entry(row: Any) -> Entry:
+def _entry(row: Any, key: bytes) -> Entry:
     values = dict(row._mapping)
     values["user"], values["request"] = values.pop("user_id"), json.loads(values["request"])
     values["approvers"] = json.loads(values["approvers"]) if values["approvers"] is not None else None
-    values["edited_args"] = json.loads(values["edited_args"]) if values["edited_args"] is not None else None
+    edited = values["edited_args"]
+    if edited is not None and edited.startswith(PREFIX):  # sealed; a store from before kept JSON
+        opened = unseal(key, values["id"], edited, EDITED)
+        edited, values["unreadable_edits"] = opened.args, not opened.shown
+    elif edited is not None:
+        edited = json.loads(edited)
+    values["edited_args"] = edited
     return Entry(**values)
 
 
@@ -126,13 +144,16 @@ class ApprovalQueue:
     def submit(self, request: ApprovalRequest) -> tuple[Entry, bool]:
         """The entry for ``request`` and whether it is new. An earlier entry for the same call
         (pending, or answered and not yet applied) or a standing approval for the session is
-        returned instead of a new one."""
+        returned instead of a new one. The request's real arguments, if it carries them, are
+        kept encrypted until the entry is answered or expires."""
         with self.store.engine.begin() as connection:
+            now = now_us()
+            self._forget_expired(connection, now)
             earlier = self._earlier(connection, request)
             if earlier is not None:
                 return earlier, False
-            now = now_us()
             entry_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(10))
+            sealed = seal(self.store.key, entry_id, request.args) if request.args is not None else None
             details = {
                 "args": request.args_preview,
                 "reason": request.reason,
@@ -157,11 +178,22 @@ class ApprovalQueue:
                     status=PENDING,
                     created_us=now,
                     expires_us=now + int(request.timeout * 1_000_000),
+                    sealed_args=sealed,
                 )
             )
         entry = self.get(entry_id)
         assert entry is not None
         return entry, True
+
+    @staticmethod
+    def _forget_expired(connection: sa.Connection, now: int) -> None:
+        """Clear the real arguments of requests whose time passed with no one to mark them
+        expired (their agent stopped waiting)."""
+        connection.execute(
+            table.update()
+            .where(table.c.status == PENDING, table.c.expires_us <= now, table.c.sealed_args.is_not(None))
+            .values(sealed_args=None)
+        )
 
     def _earlier(self, connection: sa.Connection, request: ApprovalRequest) -> Entry | None:
         standing = connection.execute(
@@ -173,7 +205,7 @@ class ApprovalQueue:
                 table.c.scope == FOR_SESSION,
             )
         )
-        covering = next((e for e in map(_entry, standing) if _covers(e, request)), None)
+        covering = next((e for e in (_entry(row, self.store.key) for row in standing) if _covers(e, request)), None)
         if covering is not None:
             return covering
         same_call = connection.execute(
@@ -189,7 +221,7 @@ class ApprovalQueue:
         ).first()
         if same_call is None:
             return None
-        entry = _entry(same_call)
+        entry = _entry(same_call, self.store.key)
         return None if entry.expired else entry
 
     # -- reading -----------------------------------------------------------------------------
@@ -197,7 +229,7 @@ class ApprovalQueue:
     def get(self, entry_id: str) -> Entry | None:
         with self.store.engine.connect() as connection:
             row = connection.execute(sa.select(table).where(table.c.id == entry_id)).first()
-        return _entry(row) if row is not None else None
+        return _entry(row, self.store.key) if row is not None else None
 
     def entries(self, *, status: str | None = PENDING, limit: int = 200) -> list[Entry]:
         """Newest first; pending ones whose time has passed are reported as expired."""
@@ -207,7 +239,16 @@ class ApprovalQueue:
         elif status is not None:
             query = query.where(table.c.status == status)
         with self.store.engine.connect() as connection:
-            return [_entry(row) for row in connection.execute(query)]
+            return [_entry(row, self.store.key) for row in connection.execute(query)]
+
+    def reveal(self, entry: Entry) -> Revealed:
+        """The real arguments of a pending request, to show the people who answer it; or a note
+        saying why they cannot be shown (the preview stands). Never raises for a bad value."""
+        if entry.status != PENDING or entry.expired:
+            return Revealed(note="real values are kept only while the request is pending")
+        if entry.sealed_args is None:
+            return Revealed(note="the real values were not kept for this request; only the masked form is shown")
+        return unseal(self.store.key, entry.id, entry.sealed_args)
 
     # -- answering ---------------------------------------------------------------------------
 
@@ -233,7 +274,9 @@ class ApprovalQueue:
             "answered_by": by,
             "comment": mask(comment, self.store.key) if comment else None,  # stored redacted
             "scope": scope if approved else None,
-            "edited_args": canonical_json(to_plain(args, "args")) if args is not None else None,
+            # sealed like the real arguments (they hold real values too), until the agent applies them
+            "edited_args": seal(self.store.key, entry_id, to_plain(args, "args"), EDITED) if args is not None else None,
+            "sealed_args": None,  # the real arguments go with the answer, in its transaction
         }
         answered = dataclasses.replace(entry, **{**values, "edited_args": to_plain(args) if args is not None else None})
         update = (
@@ -320,13 +363,15 @@ class ApprovalQueue:
         """Mark a pending request expired; False if it was answered first."""
         with self.store.engine.begin() as connection:
             done = connection.execute(
-                table.update().where(table.c.id == entry_id, table.c.status == PENDING).values(status=EXPIRED)
+                table.update()
+                .where(table.c.id == entry_id, table.c.status == PENDING)
+                .values(status=EXPIRED, sealed_args=None)
             )
         return bool(done.rowcount == 1)
 
     def consume(self, entry_id: str) -> bool:
         """Apply an answer once: True for the one caller that does it. Edited arguments, which
-        are stored as given until then, are cleared. Standing (session) approvals stay."""
+        are stored (sealed) until then, are cleared. Standing (session) approvals stay."""
         with self.store.engine.begin() as connection:
             done = connection.execute(
                 table.update()
@@ -335,7 +380,7 @@ class ApprovalQueue:
                     table.c.consumed_us.is_(None),
                     sa.or_(table.c.scope.is_(None), table.c.scope != FOR_SESSION),
                 )
-                .values(consumed_us=now_us(), edited_args=None)
+                .values(consumed_us=now_us(), edited_args=None, sealed_args=None)
             )
         return bool(done.rowcount == 1)
 

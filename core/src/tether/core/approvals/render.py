@@ -10,6 +10,9 @@ from ..audit.events import AuditEvent
 from ..audit.render import session_lines, summary
 from ..wording import cut, unnamed
 from .queue import Entry, now_us
+from .sealed import Revealed
+
+MAX_SHOWN = 4000  # characters of the real arguments
 
 
 def _when(us: int) -> str:
@@ -46,8 +49,19 @@ def approval_lines(entries: Sequence[Entry]) -> list[str]:
     return lines
 
 
-def approval_details(entry: Entry, session_events: Sequence[AuditEvent]) -> list[str]:
-    """Everything a person needs to decide, including what untrusted content came before."""
+def real_values(revealed: Revealed) -> str:
+    """The real arguments on one line (cut visibly when long), or why they are not shown."""
+    if not revealed.shown:
+        return f"not shown: {revealed.note}"
+    text = json.dumps(revealed.args, ensure_ascii=False)
+    if len(text) > MAX_SHOWN:
+        text = f"{text[:MAX_SHOWN]}… ({len(text) - MAX_SHOWN} more characters not shown)"
+    return f"{text}  (real values shown while pending)"
+
+
+def approval_details(entry: Entry, session_events: Sequence[AuditEvent], revealed: Revealed | None = None) -> list[str]:
+    """Everything a person needs to decide, including what untrusted content came before;
+    with ``revealed``, the real arguments of a pending request beside the masked ones."""
     request = entry.request
     lines = [
         f"request   {entry.id}  ({_status(entry)})",
@@ -56,6 +70,7 @@ def approval_details(entry: Entry, session_events: Sequence[AuditEvent]) -> list
         + (f"   tenant {entry.tenant}" if entry.tenant else ""),
         f"tool      {entry.tool}",
         f"arguments {json.dumps(request.get('args'), ensure_ascii=False)}",
+        *([f"real      {real_values(revealed)}"] if revealed is not None else []),
         f"why       {_why(str(request.get('reason', '')), request.get('rule_ids', []))}",
         f"asked     {_when(entry.created_us)}, denied unless answered by {_when(entry.expires_us)}",
         f"approvers {', '.join(entry.approvers) if entry.approvers is not None else 'anyone'}"

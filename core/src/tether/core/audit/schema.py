@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 
 #: The newest migration; a store at this revision needs no upgrade.
-SCHEMA_REVISION = "0010"
+SCHEMA_REVISION = "0011"
 VERSION_TABLE = "tether_alembic_version"
 
 metadata = MetaData()
@@ -64,6 +64,9 @@ approvals = Table(
     Column("scope", String(16)),  # once or session, for an approval
     Column("edited_args", Text),  # JSON arguments to run with instead; cleared once applied
     Column("consumed_us", BigInteger),  # when an agent applied the answer
+    # The real arguments, encrypted (approvals/sealed.py), for the people who answer; cleared
+    # (NULL) in the transaction that answers, expires or applies the request. Never in the events.
+    Column("sealed_args", Text),
     Index("ix_tether_approvals_status", "status"),
     Index("ix_tether_approvals_call", "session_id", "call_key"),
 )

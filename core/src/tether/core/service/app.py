@@ -3,7 +3,8 @@
 No anonymous access: people sign in with a token set when the server starts, either their own
 (``NAME=TOKEN``: the token says who they are) or a shared one (they give their name). Every
 form carries a CSRF token (the sign-in form too), cookies are HttpOnly and SameSite=Strict,
-every value shown is HTML-escaped (:mod:`.page`), and every response carries a content
+every value shown is HTML-escaped (:mod:`.page`), a pending request's real argument values are
+shown only to the signed-in people who may answer it, and every response carries a content
 security policy that allows no script at all. It binds to 127.0.0.1 unless told otherwise;
 anything wider belongs behind a TLS proxy. Every request is bounded before anyone signs in
 (:class:`~.run.Limits`, applied by :mod:`.run`).
@@ -30,7 +31,8 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from ..approvals import FOR_SESSION, ONCE
-from ..approvals.queue import PENDING, ApprovalQueue
+from ..approvals.queue import PENDING, ApprovalQueue, Entry
+from ..approvals.sealed import Revealed
 from ..audit.render import session_lines
 from ..audit.store import AuditStore
 from ..errors import TetherError
@@ -98,6 +100,12 @@ class Site:
     def sign_out(self, sid: str) -> None:
         with self.lock:
             self.sign_ins.pop(sid, None)
+
+    def revealed(self, entry: Entry, who: str) -> Revealed:
+        """The real arguments of ``entry`` for ``who``: shown only to someone who may answer it."""
+        if entry.approvers is not None and who not in entry.approvers:
+            return Revealed(note="they are shown only to the people who may answer this request")
+        return self.queue.reveal(entry)
 
     def login_token(self, nonce: str) -> str:
         """The sign-in form's CSRF token for the browser holding ``nonce`` in its login cookie."""
@@ -208,7 +216,8 @@ def approvals_app(
         events = site.store.session_events(entry.session_id)
         tool = site.policy.policy.tools.get(entry.tool) if site.policy is not None else None
         flash, sign_in.message = sign_in.message, ""
-        body = page.request_page(entry, events, site.store.key, tool, sign_in.csrf, flash)
+        revealed = site.revealed(entry, sign_in.who)
+        body = page.request_page(entry, events, site.store.key, tool, sign_in.csrf, flash, revealed)
         title = f"{entry.agent} asks to call {entry.tool}"
         return 200, page.page(title, body, sign_in.who, sign_in.csrf)
 
@@ -222,6 +231,11 @@ def approvals_app(
         except json.JSONDecodeError as exc:
             sign_in.message = f"error: the edited arguments are not JSON: {exc}"
             return
+        pending = site.queue.get(entry_id) if edited is not None else None
+        if pending is not None:
+            revealed = site.revealed(pending, sign_in.who)
+            if revealed.shown and edited == revealed.args:
+                edited = None  # the edit box starts from the real values: left unchanged, nothing was edited
         try:
             entry = site.queue.answer(
                 entry_id,

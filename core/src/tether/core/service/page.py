@@ -2,7 +2,9 @@
 
 A request leads with what decides it: who asks, the action in words, where each argument's
 value came from, why Tether asked and how long is left; then the answer. Values are shown as
-the queue stores them (secrets as fingerprints), never raw.
+the audit stores them (secrets as fingerprints); to the people who may answer a pending request,
+each argument's real value is shown next to it (decrypted from the queue, see
+:mod:`tether.core.approvals.sealed`), escaped like everything else.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from urllib.parse import quote
 
 from ..approvals.queue import MAX_COMMENT, PENDING, Entry, now_us
 from ..approvals.render import approval_line
+from ..approvals.sealed import Revealed
 from ..audit.events import AuditEvent, Kind
 from ..audit.render import session_lines, summary
 from ..policy.schema import ToolSpec
@@ -42,6 +45,7 @@ dl.facts dt{color:#555}dl.facts dd{margin:0;min-width:0}
 .args{width:100%;border-collapse:collapse;table-layout:fixed}
 .args th,.args td{padding:.35rem .4rem;border-bottom:1px solid #e3e3e3;text-align:left;vertical-align:top}
 .args th{width:22%}.args td.value{width:48%}
+.real{margin-top:.3rem}.real b{font-weight:600;color:#1b3a8a}.note{background:#eef2ff;padding:.5rem}
 .origin{font-size:.9rem}.untrusted{color:#8a1c00;font-weight:600}.trusted{color:#1b5e20}.unknown{color:#555}
 ul.why{margin:.3rem 0;padding-left:1.2rem}
 .left{font-weight:600}
@@ -67,8 +71,21 @@ _EFFECTS = {
 _INJECTED = re.compile(r"argument value (.+?) appears in untrusted content from (.+?) and in nothing trusted$")
 
 
+MAX_SHOWN = 4000  # characters of one argument's value
+MAX_EDIT = 64_000  # characters of real arguments put in the edit box
+
+
 def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
+
+
+def cut_visibly(text: str, width: int = MAX_SHOWN) -> str:
+    """``text`` cut to ``width`` characters, saying how much was left out."""
+    return text if len(text) <= width else f"{text[:width]}… ({len(text) - width} more characters not shown)"
+
+
+def _shown(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=1)
 
 
 def page(title: str, body: str, who: str | None = None, csrf: str = "") -> bytes:
@@ -200,19 +217,39 @@ def origins(entry: Entry, events: Sequence[AuditEvent], key: bytes) -> dict[str,
     return out
 
 
-def arguments(entry: Entry, traced: Mapping[str, list[Origin]]) -> str:
+def _real(value: object, masked: object) -> str:
+    """The real value beside the masked one, when they differ."""
+    if value == masked:
+        return ""
+    return f'<div class="real"><b>real value</b> <code>{esc(cut_visibly(_shown(value)))}</code></div>'
+
+
+def revealed_note(revealed: Revealed | None) -> str:
+    if revealed is None:
+        return ""
+    if revealed.shown:
+        return (
+            '<p class="note">Real values shown while pending, beside the masked form the audit keeps; '
+            "they are deleted once the request is answered or expires.</p>"
+        )
+    return f'<p class="note">Real values not shown: {esc(revealed.note)}.</p>'
+
+
+def arguments(entry: Entry, traced: Mapping[str, list[Origin]], revealed: Revealed | None = None) -> str:
     args = entry.request.get("args")
+    real = revealed.args if revealed is not None and revealed.shown else None
     if not isinstance(args, Mapping):
-        return f"<pre>{esc(json.dumps(args, ensure_ascii=False, indent=1))}</pre>"
+        shown = f"<pre>{esc(cut_visibly(json.dumps(args, ensure_ascii=False, indent=1)))}</pre>"
+        return shown + (_real(real, args) if revealed is not None and revealed.shown else "")
     if not args:
         return "<p>No arguments.</p>"
     rows = []
     for name, value in args.items():
-        shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=1)
         where = "<br>".join(f'<span class="{o.css}">{esc(o.text)}</span>' for o in traced.get(str(name), []))
+        beside = _real(real[name], value) if isinstance(real, Mapping) and name in real else ""
         rows.append(
-            f'<tr><th scope="row"><code>{esc(name)}</code></th><td class="value"><code>{esc(cut(shown, 4000))}'
-            f'</code></td><td class="origin">{where}</td></tr>'
+            f'<tr><th scope="row"><code>{esc(name)}</code></th><td class="value"><code>'
+            f'{esc(cut_visibly(_shown(value)))}</code>{beside}</td><td class="origin">{where}</td></tr>'
         )
     head = '<tr class="head"><th>argument</th><th>value</th><th>came from</th></tr>'
     return f'<table class="args">{head}{"".join(rows)}</table>'
@@ -228,7 +265,15 @@ def why(entry: Entry) -> str:
     return f'<ul class="why">{"".join(items)}</ul>{named}'
 
 
-def answer_forms(entry: Entry, csrf: str) -> str:
+def edit_start(revealed: Revealed | None) -> str:
+    """The edit box's starting text: the real arguments, when they may be shown and fit."""
+    if revealed is None or not revealed.shown:
+        return ""
+    text = json.dumps(revealed.args, ensure_ascii=False, indent=1)
+    return text if len(text) <= MAX_EDIT else ""
+
+
+def answer_forms(entry: Entry, csrf: str, revealed: Revealed | None = None) -> str:
     if entry.status != PENDING or entry.expired:
         return ""
     token = f'<input type="hidden" name="csrf" value="{esc(csrf)}">'
@@ -240,10 +285,12 @@ def answer_forms(entry: Entry, csrf: str) -> str:
         if entry.for_session
         else ""
     )
+    start = edit_start(revealed)
+    starting = " (starting from the real values; left as they are, the call runs unchanged)" if start else ""
     edits = (
         "<details><summary>Approve with edited arguments</summary><p><label>Arguments to run with instead "
-        '(JSON; the policy decides on them again)<br><textarea name="args" rows="4"></textarea></label></p>'
-        "</details>"
+        f"(JSON; the policy decides on them again){esc(starting)}<br>"
+        f'<textarea name="args" rows="4">{esc(start)}</textarea></label></p></details>'
     )
     return (
         f'<form class="answer approve" method="post" action="{target}">{token}'
@@ -254,8 +301,16 @@ def answer_forms(entry: Entry, csrf: str) -> str:
 
 
 def request_page(
-    entry: Entry, events: Sequence[AuditEvent], key: bytes, tool: ToolSpec | None, csrf: str, flash: str
+    entry: Entry,
+    events: Sequence[AuditEvent],
+    key: bytes,
+    tool: ToolSpec | None,
+    csrf: str,
+    flash: str,
+    revealed: Revealed | None = None,
 ) -> str:
+    """The request's page; ``revealed``: its real arguments (or why not), for someone who may
+    answer it, None for anyone else."""
     request = entry.request
     by_id = {event.event_id: event for event in events}
     sources = [by_id[p["event_id"]] for p in request.get("provenance", []) if p.get("event_id") in by_id]
@@ -284,10 +339,11 @@ def request_page(
         + facts
         + answered
         + "<h2>Arguments</h2>"
-        + arguments(entry, origins(entry, events, key))
+        + revealed_note(revealed)
+        + arguments(entry, origins(entry, events, key), revealed)
         + "<h2>Why Tether asked</h2>"
         + why(entry)
-        + answer_forms(entry, csrf)
+        + answer_forms(entry, csrf, revealed)
         + untrusted
         + f"<h2>Recent events of the session</h2><pre>{esc(recent)}</pre>"
         + f'<p><a href="/sessions/{quote(entry.session_id)}">the whole session</a></p>'
