@@ -297,3 +297,23 @@ def test_processes_racing_on_a_new_session_start_it_once(store_url: str) -> None
     assert verify(guards[0].store.key, guards[0].store.events()).ok
     for guard in guards:
         guard.close()
+
+
+def test_creating_a_store_writes_nothing_to_an_application_logging_at_info(tmp_path: Path) -> None:
+    """An application that logs everything at INFO sees no migration chatter from Tether."""
+    import io
+    import logging
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        AuditStore(f"sqlite:///{tmp_path / 'fresh.db'}").close()
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert "upgrade" not in stream.getvalue().lower(), stream.getvalue()
+    assert logging.getLogger("alembic").level == logging.NOTSET  # left as it was

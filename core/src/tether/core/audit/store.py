@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import os
 import re
@@ -172,7 +173,7 @@ def upgrade(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     try:
-        with engine.begin() as connection:
+        with engine.begin() as connection, _quiet(logging.getLogger("alembic")):
             connection = connection.execution_options(tether_timeout=None)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
@@ -184,6 +185,18 @@ def upgrade(engine: Engine) -> None:
     except sa.exc.SQLAlchemyError:
         if _revision(engine) != SCHEMA_REVISION:  # not merely another process upgrading first
             raise
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """Keep ``logger``'s progress lines (Alembic's "Running upgrade ...") out of the output of an
+    application that logs at INFO: creating or upgrading the store is Tether's business."""
+    before = logger.level
+    logger.setLevel(max(before, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def _revision(engine: Engine) -> str | None:
