@@ -12,14 +12,11 @@ import pytest
 pytest.importorskip("opentelemetry.sdk", reason="the OpenTelemetry export needs tether[otel] (opentelemetry-sdk)")
 
 from langchain_core.messages import HumanMessage
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 
+from tests.core.test_telemetry import Exported  # the in-memory exporters, read back
 from tether.core import AuditStore, Guard
-from tether.core.telemetry import DECISIONS, Telemetry
+from tether.core.telemetry import DECISIONS
 from tether.langgraph import Tether
 
 from .conftest import POLICY, ScriptedModel, calls
@@ -28,32 +25,23 @@ from .graphs import agent, state_graph
 THREAD = {"configurable": {"thread_id": "t-1"}}
 
 
-class Otel:
-    def __init__(self) -> None:
-        self.spans = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
-        self.metrics = InMemoryMetricReader()
-        self.meter_provider = MeterProvider(metric_readers=[self.metrics])
-
-    def named(self, prefix: str) -> dict[str, ReadableSpan]:
-        """Finished spans whose name starts with ``prefix``, by tool call id (or name)."""
-        found = [s for s in self.spans.get_finished_spans() if s.name.startswith(prefix)]
-        return {str((s.attributes or {}).get("gen_ai.tool.call.id", s.name)): s for s in found}
+def named(otel: Exported, prefix: str) -> dict[str, ReadableSpan]:
+    """Finished spans whose name starts with ``prefix``, by tool call id (or name)."""
+    found = [s for s in otel.spans.get_finished_spans() if s.name.startswith(prefix)]
+    return {str((s.attributes or {}).get("gen_ai.tool.call.id", s.name)): s for s in found}
 
 
 @pytest.fixture
-def otel() -> Iterator[Otel]:
-    out = Otel()
+def otel() -> Iterator[Exported]:
+    out = Exported()
     yield out
     out.tracer_provider.shutdown()
     out.meter_provider.shutdown()
 
 
 @pytest.fixture
-def guard(store: AuditStore, otel: Otel) -> Guard:
-    telemetry = Telemetry(tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
-    return Guard(POLICY, store=store, telemetry=telemetry)
+def guard(store: AuditStore, otel: Exported) -> Guard:
+    return Guard(POLICY, store=store, telemetry=otel.telemetry())
 
 
 def lookup_and_a_bad_email() -> Any:
@@ -62,7 +50,7 @@ def lookup_and_a_bad_email() -> Any:
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_a_graph_run_exports_a_span_for_the_denied_and_the_allowed_call(
-    guard: Guard, otel: Otel, tools: list[Any], ran: Any, mode: str
+    guard: Guard, otel: Exported, tools: list[Any], ran: Any, mode: str
 ) -> None:
     model = ScriptedModel(script=[lookup_and_a_bad_email()])
     graph = state_graph(model, tools, Tether(guard, agent="support-bot"))
@@ -74,7 +62,7 @@ def test_a_graph_run_exports_a_span_for_the_denied_and_the_allowed_call(
             asyncio.run(graph.ainvoke({"messages": [HumanMessage("ticket 7")]}, THREAD))
     assert ran.count("lookup") == 1 and ran.count("send_email") == 0
 
-    spans = otel.named("execute_tool ")
+    spans = named(otel, "execute_tool ")
     assert set(spans) == {"l1", "e1"}
     allowed, denied = spans["l1"], spans["e1"]
     assert allowed.name == "execute_tool lookup" and denied.name == "execute_tool send_email"
@@ -106,7 +94,7 @@ def test_a_graph_run_exports_a_span_for_the_denied_and_the_allowed_call(
 
 
 def test_create_agent_exports_its_model_screening_and_tool_spans(
-    guard: Guard, otel: Otel, tools: list[Any], ran: Any
+    guard: Guard, otel: Exported, tools: list[Any], ran: Any
 ) -> None:
     model = ScriptedModel(script=[lookup_and_a_bad_email()])
     graph = agent(model, tools, Tether(guard, agent="support-bot"))
@@ -114,7 +102,7 @@ def test_create_agent_exports_its_model_screening_and_tool_spans(
     with tracer.start_as_current_span("invoke_agent support-bot") as parent:
         graph.invoke({"messages": [HumanMessage("ticket 7")]}, THREAD)
     assert ran.count("lookup") == 1 and ran.count("send_email") == 0
-    tools_decided = otel.named("execute_tool ")
+    tools_decided = named(otel, "execute_tool ")
     assert {k: (s.attributes or {})["gen_ai.guardrail.verdict.type"] for k, s in tools_decided.items()} == {
         "l1": "allow",
         "e1": "deny",
