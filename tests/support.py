@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +39,18 @@ def require(module: str, reason: str | None = None) -> ModuleType:
         if in_ci():
             pytest.fail(f"{why}; CI installs it, so its absence is an error", pytrace=False)
         pytest.skip(why, allow_module_level=True)
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def wait_until(check: Callable[[], T], timeout: float, what: str, *, every: float = 0.05) -> T:

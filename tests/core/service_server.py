@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tests.support import wait_until
+from tests.support import free_port, listening, wait_until
 from tether.core import AuditStore, Credentials
 
 POLICY: dict[str, Any] = {
@@ -39,17 +38,6 @@ POLICY: dict[str, Any] = {
 
 
 SIGN_IN_TOKEN = "t" * 24  # an approver's, for the page served beside the API
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass

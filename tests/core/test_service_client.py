@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import answer_when_asked, require
+from tests.support import answer_when_asked, free_port, require
 from tether.core import Decision, Enforcement, TetherError, Verdict
 from tether.core.guard import ModelRequest
 
@@ -22,7 +22,7 @@ require("fastapi", "the decision API needs tether[serve]")
 
 from tether.core.service.client import RemoteGuard, RemoteUnsupported  # noqa: E402
 
-from .service_server import Server, free_port, serving  # noqa: E402
+from .service_server import Server, serving  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -18,21 +17,10 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 
 from tests.mcp import server as web_server
-from tests.support import wait_until
+from tests.support import free_port, listening, wait_until
 from tether.core import Credentials
 
 from .conftest import Proxy, text
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @contextlib.contextmanager
